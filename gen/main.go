@@ -1,0 +1,304 @@
+// Command gen turns the Lua scripts in lua/*.lua into scripts_gen.go.
+//
+// It is run by `go generate ./...` from the module root (see generate.go).
+// Each script must open with a header that gen parses strictly:
+//
+//	-- NAME: one-line summary          (NAME is the file name without .lua)
+//	-- KEYS[1] name: what the key is   (fixed keys, numbered from 1), or
+//	-- KEYS[1..n] name: what they are  (any number of keys; the only KEYS line)
+//	-- ARGV[1] name type: meaning      (type is string or int; numbered from 1)
+//	-- returns: what comes back        (one line per possible reply, at least one)
+//
+// A reply written as {a, b} makes the typed wrapper return []interface{};
+// any other reply makes it return int64. The header ends at the first line
+// that does not start with "--". A malformed header fails with file:line.
+//
+// The output is deterministic: scripts are sorted by name, nothing depends on
+// time or on absolute paths, and the file is formatted with go/format.
+package main
+
+import (
+	"bytes"
+	"crypto/sha1"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"go/format"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"text/template"
+)
+
+// outputName is the generated file, relative to the module root.
+const outputName = "scripts_gen.go"
+
+func main() {
+	root := flag.String("root", ".", "module root holding lua/ and "+outputName)
+	check := flag.Bool("check", false, "only check that "+outputName+" is up to date")
+	flag.Parse()
+	if err := doMain(*root, !*check); err != nil {
+		fmt.Fprintln(os.Stderr, "gen:", err)
+		os.Exit(1)
+	}
+}
+
+// doMain generates the file for the module at root. With write it writes the
+// file when it differs; without, it returns an error when the file is stale.
+func doMain(root string, write bool) error {
+	want, err := generate(root)
+	if err != nil {
+		return err
+	}
+	path := filepath.Join(root, outputName)
+	got, err := os.ReadFile(path)
+	if err == nil && bytes.Equal(got, want) {
+		return nil
+	}
+	if !write {
+		return fmt.Errorf("%s is stale; run go generate ./...", outputName)
+	}
+	return os.WriteFile(path, want, 0o644)
+}
+
+// param is one KEYS or ARGV line of a header.
+type param struct {
+	Index string // "1", "2" or "1..n"
+	Name  string
+	Type  string // "string" or "int"; empty for keys
+	Doc   string
+}
+
+// script is one parsed Lua file.
+type script struct {
+	Name     string // file name without .lua
+	File     string // "lua/NAME.lua", slash-separated
+	Summary  string
+	Source   string
+	SHA1     string
+	Variadic bool // KEYS[1..n]
+	Keys     []param
+	Args     []param
+	Returns  []string
+	Array    bool // replies are {..} arrays
+}
+
+// generate reads root/lua/*.lua and returns the formatted Go file.
+func generate(root string) ([]byte, error) {
+	files, err := filepath.Glob(filepath.Join(root, "lua", "*.lua"))
+	if err != nil {
+		return nil, err
+	}
+	if len(files) == 0 {
+		return nil, fmt.Errorf("no lua/*.lua files under %s", root)
+	}
+	sort.Strings(files)
+	var scripts []script
+	for _, f := range files {
+		src, err := os.ReadFile(f)
+		if err != nil {
+			return nil, err
+		}
+		s, err := parse("lua/"+filepath.Base(f), src)
+		if err != nil {
+			return nil, err
+		}
+		scripts = append(scripts, s)
+	}
+	var buf bytes.Buffer
+	if err := fileTemplate.Execute(&buf, scripts); err != nil {
+		return nil, err
+	}
+	out, err := format.Source(buf.Bytes())
+	if err != nil {
+		return nil, fmt.Errorf("formatting generated code: %v", err)
+	}
+	return out, nil
+}
+
+var (
+	nameRe    = regexp.MustCompile(`^-- ([a-z][a-z0-9_]*): (\S.*)$`)
+	keysRe    = regexp.MustCompile(`^-- KEYS\[(\d+|1\.\.n)\] ([a-z][a-z0-9_]*): (\S.*)$`)
+	argvRe    = regexp.MustCompile(`^-- ARGV\[(\d+)\] ([a-z][a-z0-9_]*) (string|int): (\S.*)$`)
+	returnsRe = regexp.MustCompile(`^-- returns: (\S.*)$`)
+	goKeyword = map[string]bool{"break": true, "case": true, "chan": true, "const": true, "continue": true,
+		"default": true, "defer": true, "else": true, "fallthrough": true, "for": true, "func": true,
+		"go": true, "goto": true, "if": true, "import": true, "interface": true, "map": true,
+		"package": true, "range": true, "return": true, "select": true, "struct": true, "switch": true,
+		"type": true, "var": true, "ctx": true, "c": true}
+)
+
+// parse checks the header of one script and returns its description.
+// Errors name the file and the offending line.
+func parse(file string, src []byte) (script, error) {
+	text := string(src)
+	s := script{File: file, Source: text, Name: strings.TrimSuffix(filepath.Base(file), ".lua")}
+	sum := sha1.Sum(src)
+	s.SHA1 = hex.EncodeToString(sum[:])
+	if strings.Contains(text, "\r") {
+		return s, fmt.Errorf("%s:1: carriage return in source; the digest must not depend on checkout (see .gitattributes)", file)
+	}
+	lines := strings.Split(text, "\n")
+	fail := func(n int, format string, a ...interface{}) (script, error) {
+		return s, fmt.Errorf("%s:%d: %s", file, n, fmt.Sprintf(format, a...))
+	}
+	n := 0
+	for n < len(lines) && strings.HasPrefix(lines[n], "--") {
+		n++
+	}
+	header := lines[:n]
+	if len(header) == 0 {
+		return fail(1, "missing header: the first line must be \"-- %s: summary\"", s.Name)
+	}
+	m := nameRe.FindStringSubmatch(header[0])
+	if m == nil {
+		return fail(1, "want \"-- %s: summary\", got %q", s.Name, header[0])
+	}
+	if m[1] != s.Name {
+		return fail(1, "header names %q but the file is %s.lua", m[1], s.Name)
+	}
+	s.Summary = m[2]
+	seen := map[string]int{}
+	for i, line := range header[1:] {
+		ln := i + 2
+		switch {
+		case strings.HasPrefix(line, "-- KEYS["):
+			m := keysRe.FindStringSubmatch(line)
+			if m == nil {
+				return fail(ln, "want \"-- KEYS[i] name: doc\" or \"-- KEYS[1..n] name: doc\", got %q", line)
+			}
+			if len(s.Args) > 0 || len(s.Returns) > 0 {
+				return fail(ln, "KEYS lines must come before ARGV and returns lines")
+			}
+			if s.Variadic || (m[1] == "1..n" && len(s.Keys) > 0) {
+				return fail(ln, "KEYS[1..n] must be the only KEYS line")
+			}
+			if m[1] == "1..n" {
+				s.Variadic = true
+			} else if m[1] != strconv.Itoa(len(s.Keys)+1) {
+				return fail(ln, "want KEYS[%d], got KEYS[%s]", len(s.Keys)+1, m[1])
+			}
+			if prev, dup := seen[m[2]]; dup || goKeyword[m[2]] {
+				return fail(ln, "parameter name %q is reserved or already used on line %d", m[2], prev)
+			}
+			seen[m[2]] = ln
+			s.Keys = append(s.Keys, param{Index: m[1], Name: m[2], Doc: m[3]})
+		case strings.HasPrefix(line, "-- ARGV["):
+			m := argvRe.FindStringSubmatch(line)
+			if m == nil {
+				return fail(ln, "want \"-- ARGV[i] name string|int: doc\", got %q", line)
+			}
+			if len(s.Returns) > 0 {
+				return fail(ln, "ARGV lines must come before returns lines")
+			}
+			if m[1] != strconv.Itoa(len(s.Args)+1) {
+				return fail(ln, "want ARGV[%d], got ARGV[%s]", len(s.Args)+1, m[1])
+			}
+			if prev, dup := seen[m[2]]; dup || goKeyword[m[2]] {
+				return fail(ln, "parameter name %q is reserved or already used on line %d", m[2], prev)
+			}
+			seen[m[2]] = ln
+			s.Args = append(s.Args, param{Index: m[1], Name: m[2], Type: m[3], Doc: m[4]})
+		case strings.HasPrefix(line, "-- returns"):
+			m := returnsRe.FindStringSubmatch(line)
+			if m == nil {
+				return fail(ln, "want \"-- returns: reply\", got %q", line)
+			}
+			array := strings.HasPrefix(m[1], "{")
+			if len(s.Returns) > 0 && array != s.Array {
+				return fail(ln, "replies mix arrays {..} and integers")
+			}
+			s.Array = array
+			s.Returns = append(s.Returns, m[1])
+		default:
+			return fail(ln, "unknown header line %q (want KEYS, ARGV or returns)", line)
+		}
+	}
+	if len(s.Keys) == 0 {
+		return fail(len(header)+1, "header declares no KEYS")
+	}
+	if len(s.Returns) == 0 {
+		return fail(len(header)+1, "header declares no returns")
+	}
+	return s, nil
+}
+
+var fileTemplate = template.Must(template.New("file").Funcs(template.FuncMap{
+	"lit":    literal,
+	"export": func(s string) string { return strings.ToUpper(s[:1]) + s[1:] },
+	"camel":  camel,
+	"gotype": func(t string) string { return map[string]string{"string": "string", "int": "int64"}[t] },
+	"quote":  strconv.Quote,
+}).Parse(`// Code generated by go run ./gen; DO NOT EDIT.
+// source: {{range $i, $s := .}}{{if $i}}, {{end}}{{$s.File}}{{end}}
+
+package redlock
+
+import (
+	"context"
+
+	"github.com/gomodule/redigo/redis"
+)
+{{range .}}
+// {{.Name}}Source is {{.File}}, byte for byte.
+const {{.Name}}Source = {{lit .Source}}
+
+// {{.Name}}SHA1 is the SHA1 digest of {{.Name}}Source, as EVALSHA wants it.
+const {{.Name}}SHA1 = "{{.SHA1}}"
+
+// {{.Name}}Script describes {{.File}}.
+var {{.Name}}Script = luaScript{name: "{{.Name}}", source: {{.Name}}Source, sha1: {{.Name}}SHA1, keyCount: {{if .Variadic}}-1{{else}}{{len .Keys}}{{end}}}
+
+// eval{{export .Name}} runs {{.File}} with EVALSHA (EVAL after NOSCRIPT): {{.Summary}}
+{{- range .Keys}}
+//   - KEYS[{{.Index}}] {{.Name}}: {{.Doc}}
+{{- end}}
+{{- range .Args}}
+//   - ARGV[{{.Index}}] {{.Name}}: {{.Doc}}
+{{- end}}
+{{- range .Returns}}
+//   - returns {{.}}
+{{- end}}
+func eval{{export .Name}}(ctx context.Context, c redis.Conn{{if .Variadic}}, {{camel (index .Keys 0).Name}} []string{{else}}{{range .Keys}}, {{camel .Name}} string{{end}}{{end}}{{range .Args}}, {{camel .Name}} {{gotype .Type}}{{end}}) ({{if .Array}}[]interface{}{{else}}int64{{end}}, error) {
+	return redis.{{if .Array}}Values{{else}}Int64{{end}}(evalScript(ctx, c, &{{.Name}}Script, {{if .Variadic}}{{camel (index .Keys 0).Name}}{{else}}[]string{ {{- range $i, $k := .Keys}}{{if $i}}, {{end}}{{camel $k.Name}}{{end -}} }{{end}}{{range .Args}}, {{camel .Name}}{{end}}))
+}
+{{end}}
+// scriptRegistry lists every script in lua/, sorted by name; see Scripts.
+var scriptRegistry = []Script{
+{{- range .}}
+	{
+		Name:     {{quote .Name}},
+		File:     {{quote .File}},
+		Summary:  {{quote .Summary}},
+		Source:   {{.Name}}Source,
+		SHA1:     {{.Name}}SHA1,
+		KeyCount: {{if .Variadic}}-1{{else}}{{len .Keys}}{{end}},
+		Keys: []string{ {{- range .Keys}}{{quote (printf "KEYS[%s] %s: %s" .Index .Name .Doc)}}, {{end -}} },
+		Args: []string{ {{- range .Args}}{{quote (printf "ARGV[%s] %s %s: %s" .Index .Name .Type .Doc)}}, {{end -}} },
+		Returns: []string{ {{- range .Returns}}{{quote .}}, {{end -}} },
+	},
+{{- end}}
+}
+`))
+
+// literal renders source as a raw string, or a quoted one if it has a backtick.
+func literal(src string) string {
+	if strings.Contains(src, "`") {
+		return strconv.Quote(src)
+	}
+	return "`" + src + "`"
+}
+
+// camel turns ttl_ms into ttlMS-style Go names (ttlMs, for simplicity).
+func camel(name string) string {
+	parts := strings.Split(name, "_")
+	for i := 1; i < len(parts); i++ {
+		if parts[i] != "" {
+			parts[i] = strings.ToUpper(parts[i][:1]) + parts[i][1:]
+		}
+	}
+	return strings.Join(parts, "")
+}

@@ -1,0 +1,3 @@
+package redlock
+
+//go:generate go run ./gen
