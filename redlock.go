@@ -1,0 +1,785 @@
+// Package redlock implements the Redlock distributed-lock algorithm over N
+// independent Redis masters, on redigo.
+//
+// A Manager holds one connection pool per node. Lock sends the acquire
+// script to every node at once and succeeds when a quorum (N/2+1) took the
+// lock within its validity: ttl minus the time spent minus a clock-drift
+// margin. Every failed attempt releases what it may have taken on every
+// node. Extend and Unlock only touch keys that hold the lock's token; Extend
+// never re-creates a key that lapsed.
+//
+// Every atomic operation on a node is one of the Lua scripts in lua/*.lua
+// (see Scripts), sent with EVALSHA. The key on each node is the resource
+// name itself and the value is the lock's token, as in aioredlock and
+// redsync.
+//
+//	m, err := redlock.New([]redlock.Instance{
+//		redlock.Addr("localhost:6379"),
+//		redlock.Endpoint{Addr: "localhost:6379", DB: 1},
+//		redlock.URL("redis://localhost:6379/2"),
+//	})
+//	lock, err := m.Lock(ctx, "resource_name", 10*time.Second)
+//	...
+//	err = lock.Unlock(ctx)
+package redlock
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+)
+
+// Defaults, as in aioredlock where it has the setting.
+const (
+	DefaultRetryCount    = 3                      // total attempts per Lock
+	DefaultRetryDelayMin = 100 * time.Millisecond // shortest wait between attempts
+	DefaultRetryDelayMax = 300 * time.Millisecond // longest wait between attempts
+	DefaultDriftFactor   = 0.01                   // drift = ttl*factor + 2ms
+	DefaultTTL           = 10 * time.Second       // aioredlock's internal_lock_timeout
+	DefaultNodeTimeout   = 500 * time.Millisecond // bound on one command on one node
+
+	// MaxResourceLen is the longest resource name accepted, in bytes.
+	MaxResourceLen = 64 << 10
+
+	driftFixed = 2 * time.Millisecond
+)
+
+// config is what the options set; New validates it.
+type config struct {
+	retryCount  int
+	retryMin    time.Duration
+	retryMax    time.Duration
+	drift       float64
+	defaultTTL  time.Duration
+	nodeTimeout time.Duration
+}
+
+// Option configures a Manager. Options are checked by New: an invalid value
+// makes New fail with an error wrapping ErrInvalidArgument.
+type Option func(*config)
+
+// WithRetryCount sets the TOTAL number of attempts a Lock call makes
+// (aioredlock's retry_count). Default 3. n < 1 is invalid.
+func WithRetryCount(n int) Option { return func(c *config) { c.retryCount = n } }
+
+// WithRetryDelay sets the wait between two attempts of a Lock call: uniform
+// jitter in [min, max] (aioredlock's retry_delay_min/max). Default
+// 100ms..300ms. Negative values or min > max are invalid.
+func WithRetryDelay(min, max time.Duration) Option {
+	return func(c *config) { c.retryMin, c.retryMax = min, max }
+}
+
+// WithDriftFactor sets the clock-drift allowance: a lock's validity is
+// ttl − elapsed − (ttl·f + 2ms). Default 0.01. f < 0 is invalid.
+func WithDriftFactor(f float64) Option { return func(c *config) { c.drift = f } }
+
+// WithDefaultTTL sets the TTL used when a call passes ttl == 0 (aioredlock's
+// internal_lock_timeout). Default 10s. d < 0 is invalid; 0 keeps the default.
+func WithDefaultTTL(d time.Duration) Option { return func(c *config) { c.defaultTTL = d } }
+
+// WithNodeTimeout bounds every command sent to a node, including getting a
+// connection and dialling it. A node that does not answer in time counts as
+// a failed vote; the call itself returns as soon as the quorum is decided.
+// Default 500ms. d < 0 is invalid; 0 keeps the default.
+func WithNodeTimeout(d time.Duration) Option { return func(c *config) { c.nodeTimeout = d } }
+
+func (c *config) validate() error {
+	switch {
+	case c.retryCount < 1:
+		return invalidf("retry count %d: want at least 1 attempt", c.retryCount)
+	case c.retryMin < 0 || c.retryMax < 0:
+		return invalidf("negative retry delay")
+	case c.retryMin > c.retryMax:
+		return invalidf("retry delay min %v > max %v", c.retryMin, c.retryMax)
+	case c.drift < 0 || c.drift != c.drift || c.drift >= 1:
+		return invalidf("drift factor %v: want 0 <= f < 1", c.drift)
+	case c.defaultTTL < 0:
+		return invalidf("negative default TTL %v", c.defaultTTL)
+	case c.nodeTimeout < 0:
+		return invalidf("negative node timeout %v", c.nodeTimeout)
+	}
+	if c.defaultTTL == 0 {
+		c.defaultTTL = DefaultTTL
+	}
+	if c.nodeTimeout == 0 {
+		c.nodeTimeout = DefaultNodeTimeout
+	}
+	return nil
+}
+
+// Manager takes, extends and releases locks over a fixed set of nodes. It is
+// safe for concurrent use. Close it when done: it waits for background work
+// (late node replies, cleanups, Do's extensions) and closes the pools it
+// owns.
+type Manager struct {
+	nodes  []*node
+	quorum int
+	cfg    config
+
+	mu      sync.RWMutex   // protects closed; held while adding to wg
+	closed  bool           // set once by Close
+	closing chan struct{}  // closed by Close
+	wg      sync.WaitGroup // every call in progress and every goroutine it started
+}
+
+// New returns a Manager for the given nodes. With no instances it uses
+// Addr("localhost:6379"), as aioredlock. It validates every instance and
+// option and fails with an error wrapping ErrInvalidArgument (which never
+// contains a password); it does not contact the servers: connections are
+// made on first use.
+func New(instances []Instance, opts ...Option) (*Manager, error) {
+	cfg := config{
+		retryCount: DefaultRetryCount,
+		retryMin:   DefaultRetryDelayMin,
+		retryMax:   DefaultRetryDelayMax,
+		drift:      DefaultDriftFactor,
+		defaultTTL: DefaultTTL,
+	}
+	for _, o := range opts {
+		if o == nil {
+			return nil, invalidf("nil option")
+		}
+		o(&cfg)
+	}
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if len(instances) == 0 {
+		instances = []Instance{Addr("localhost:6379")}
+	}
+	m := &Manager{cfg: cfg, quorum: len(instances)/2 + 1, closing: make(chan struct{})}
+	for i, inst := range instances {
+		if inst == nil {
+			m.shutdownNodes()
+			return nil, invalidf("instance %d is nil", i)
+		}
+		n, err := inst.newNode()
+		if err != nil {
+			m.shutdownNodes()
+			return nil, fmt.Errorf("instance %d: %w", i, err)
+		}
+		m.nodes = append(m.nodes, n)
+	}
+	return m, nil
+}
+
+// Quorum returns how many nodes must agree: N/2+1.
+func (m *Manager) Quorum() int { return m.quorum }
+
+// Nodes returns the nodes' addresses, passwords redacted, in order.
+func (m *Manager) Nodes() []string {
+	out := make([]string, len(m.nodes))
+	for i, n := range m.nodes {
+		out[i] = n.name
+	}
+	return out
+}
+
+// Close stops the Manager: later calls fail with ErrClosed, Do's automatic
+// extensions stop (cancelling their functions' ctx with ErrLockLost), and
+// Close waits for the work in progress — bounded by the node timeout — before
+// closing the pools it owns (never a caller's Pool). It is aioredlock's
+// destroy(). Locks still held are not released: they expire with their TTL.
+// Close is idempotent.
+func (m *Manager) Close() error {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return nil
+	}
+	m.closed = true
+	close(m.closing)
+	m.mu.Unlock()
+	m.wg.Wait()
+	return m.shutdownNodes()
+}
+
+func (m *Manager) shutdownNodes() error {
+	var errs []error
+	for _, n := range m.nodes {
+		errs = append(errs, n.shutdown())
+	}
+	return errors.Join(errs...)
+}
+
+// enter registers a call in progress; the caller must call m.wg.Done.
+func (m *Manager) enter() error {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if m.closed {
+		return ErrClosed
+	}
+	m.wg.Add(1)
+	return nil
+}
+
+// LoadScripts sends SCRIPT LOAD for every script to every node, so that
+// locking then sends EVALSHA only. It is optional: a node that answers
+// NOSCRIPT gets the full script once (see Scripts). It fails, joining the
+// per-node errors, if any node could not load them.
+func (m *Manager) LoadScripts(ctx context.Context) error {
+	if err := m.enter(); err != nil {
+		return err
+	}
+	defer m.wg.Done()
+	errs := make([]error, len(m.nodes))
+	var wg sync.WaitGroup
+	for i, n := range m.nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			nctx, cancel := context.WithTimeout(ctx, m.cfg.nodeTimeout)
+			defer cancel()
+			if err := n.do(nctx, func(c redis.Conn) error { return loadScripts(nctx, c) }); err != nil {
+				errs[i] = NodeError{Node: n.name, Err: err}
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+// LockOption configures one Lock or LockMulti call.
+type LockOption func(*lockOptions)
+
+type lockOptions struct {
+	token string
+}
+
+// WithToken makes the lock use the given token instead of 128 random bits,
+// e.g. to take over a lock across a process restart. The token must be
+// unique to its holder: two holders with one token share the lock.
+func WithToken(token string) LockOption { return func(o *lockOptions) { o.token = token } }
+
+// Lock acquires resource for ttl (0: the default TTL) and returns the held
+// Lock. It makes up to the retry count of attempts, waiting a jittered retry
+// delay in between, and stops early when ctx is done. Every failed attempt
+// releases the token on all nodes.
+//
+// On failure the error matches ErrNotAcquired and is (or wraps) a
+// *QuorumError. It also matches ErrLocked when at least one node reported
+// another holder, ErrUnavailable when at least one node failed or the quorum
+// came too late — both when the last attempt met both — and ctx.Err() when
+// ctx ended. Invalid input (empty or oversized resource, ttl < 0, a ttl that
+// rounds to 0ms) matches ErrInvalidArgument. After Close: ErrClosed.
+func (m *Manager) Lock(ctx context.Context, resource string, ttl time.Duration, opts ...LockOption) (*Lock, error) {
+	return m.LockMulti(ctx, []string{resource}, ttl, opts...)
+}
+
+// LockMulti acquires several resources as one lock, all or nothing on each
+// node: a node votes yes only if it took every key. Errors as Lock.
+func (m *Manager) LockMulti(ctx context.Context, resources []string, ttl time.Duration, opts ...LockOption) (*Lock, error) {
+	var o lockOptions
+	for _, opt := range opts {
+		if opt != nil {
+			opt(&o)
+		}
+	}
+	ttl, err := m.checkCall(resources, ttl)
+	if err == nil && o.token == "" {
+		o.token, err = newToken()
+	}
+	if err == nil && len(o.token) > MaxResourceLen {
+		err = invalidf("token over %d bytes", MaxResourceLen)
+	}
+	if err != nil {
+		return nil, errors.Join(ErrNotAcquired, err)
+	}
+	if err := m.enter(); err != nil {
+		return nil, errors.Join(ErrNotAcquired, err)
+	}
+	defer m.wg.Done()
+	keys := append([]string(nil), resources...)
+	var last *QuorumError
+	for attempt := 1; ; attempt++ {
+		l, qe := m.tryLock(ctx, keys, o.token, ttl)
+		if qe == nil {
+			return l, nil
+		}
+		last = qe
+		if attempt >= m.cfg.retryCount || ctx.Err() != nil {
+			break
+		}
+		if !m.sleep(ctx, m.retryDelay()) {
+			break
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		last.extra = append(last.extra, err)
+	}
+	return nil, last
+}
+
+// checkCall validates resources and ttl and returns the effective ttl.
+func (m *Manager) checkCall(resources []string, ttl time.Duration) (time.Duration, error) {
+	if len(resources) == 0 {
+		return 0, invalidf("no resource")
+	}
+	seen := make(map[string]struct{}, len(resources))
+	for _, r := range resources {
+		if r == "" {
+			return 0, invalidf("empty resource name")
+		}
+		if len(r) > MaxResourceLen {
+			return 0, invalidf("resource name of %d bytes: the limit is %d", len(r), MaxResourceLen)
+		}
+		if _, dup := seen[r]; dup {
+			return 0, invalidf("resource %q given twice", r)
+		}
+		seen[r] = struct{}{}
+	}
+	if ttl < 0 {
+		return 0, invalidf("negative ttl %v", ttl)
+	}
+	if ttl == 0 {
+		ttl = m.cfg.defaultTTL
+	}
+	if ttl < time.Millisecond {
+		return 0, invalidf("ttl %v: Redis expiries are whole milliseconds", ttl)
+	}
+	return ttl, nil
+}
+
+func newToken() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("redlock: reading random token: %w", err)
+	}
+	return base64.RawURLEncoding.EncodeToString(b[:]), nil
+}
+
+func (m *Manager) retryDelay() time.Duration {
+	lo, hi := m.cfg.retryMin, m.cfg.retryMax
+	if hi <= lo {
+		return lo
+	}
+	return lo + mrand.N(hi-lo+1)
+}
+
+// sleep waits d; it returns false if ctx ended or the Manager is closing.
+func (m *Manager) sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	case <-m.closing:
+		return false
+	}
+}
+
+// drift is the clock-drift allowance for a ttl.
+func (m *Manager) drift(ttl time.Duration) time.Duration {
+	return time.Duration(float64(ttl)*m.cfg.drift) + driftFixed
+}
+
+// tryLock is one attempt of the algorithm.
+func (m *Manager) tryLock(ctx context.Context, keys []string, token string, ttl time.Duration) (*Lock, *QuorumError) {
+	start := time.Now()
+	ttlMS := ttl.Milliseconds()
+	r := m.fanout(ctx, func(ctx context.Context, c redis.Conn) nodeVote {
+		reply, err := evalAcquire(ctx, c, keys, token, ttlMS)
+		if err != nil {
+			return nodeVote{err: err}
+		}
+		ok, pttl, err := decodeAcquire(reply)
+		switch {
+		case err != nil:
+			return nodeVote{err: err}
+		case !ok:
+			return nodeVote{err: ErrLocked, pttl: pttl}
+		}
+		return nodeVote{ok: true}
+	}, func(ctx context.Context, n *node, v nodeVote) {
+		if errors.Is(v.err, ErrLocked) {
+			return // the script changed nothing on this node
+		}
+		// The key may be set even if the reply was lost: release it.
+		_ = n.do(ctx, func(c redis.Conn) error {
+			_, err := evalRelease(ctx, c, keys, token)
+			return err
+		})
+	})
+	validity := ttl - time.Since(start) - m.drift(ttl)
+	success := r.ok >= m.quorum && validity > 0
+	r.decide(success)
+	if success {
+		return &Lock{m: m, keys: keys, token: token, ttl: ttl, until: start.Add(ttl - m.drift(ttl))}, nil
+	}
+	qe := r.quorumError("lock", keys[0], ErrNotAcquired)
+	if r.ok >= m.quorum {
+		qe.extra = append(qe.extra, errTooSlow)
+	}
+	return nil, qe
+}
+
+// nodeVote is one node's answer in a round.
+type nodeVote struct {
+	node   int
+	ok     bool
+	err    error  // nil when ok; ErrLocked, ErrNotHeld, or a node failure
+	pttl   int64  // acquire: the foreign holder's PTTL; inspect: the key's PTTL
+	holder string // inspect: the token found
+}
+
+// round is one fan-out to every node.
+type round struct {
+	m       *Manager
+	votes   []nodeVote // answers received before the quorum was decided
+	ok      int        // votes with ok
+	decided chan struct{}
+	success atomic.Bool
+}
+
+// fanout runs op on every node at once, each within the node timeout, and
+// returns as soon as a quorum voted ok or can no longer do so. The other
+// nodes finish in the background. If cleanup is not nil, every node's
+// goroutine waits for r.decide and, when the round failed, calls cleanup with
+// a ctx that survives the caller's cancellation; the caller MUST then call
+// r.decide exactly once.
+func (m *Manager) fanout(ctx context.Context, op func(ctx context.Context, c redis.Conn) nodeVote,
+	cleanup func(ctx context.Context, n *node, v nodeVote)) *round {
+	r := &round{m: m, decided: make(chan struct{})}
+	ch := make(chan nodeVote, len(m.nodes))
+	for i, n := range m.nodes {
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			nctx, cancel := context.WithTimeout(ctx, m.cfg.nodeTimeout)
+			var v nodeVote
+			if err := n.do(nctx, func(c redis.Conn) error { v = op(nctx, c); return nil }); err != nil {
+				v = nodeVote{err: err}
+			}
+			cancel()
+			v.node = i
+			ch <- v
+			if cleanup == nil {
+				return
+			}
+			<-r.decided
+			if !r.success.Load() {
+				cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.nodeTimeout)
+				cleanup(cctx, n, v)
+				cancel()
+			}
+		}()
+	}
+	failed := 0
+	for range m.nodes {
+		v := <-ch
+		r.votes = append(r.votes, v)
+		if v.ok {
+			r.ok++
+		} else {
+			failed++
+		}
+		if r.ok >= m.quorum || failed > len(m.nodes)-m.quorum {
+			break
+		}
+	}
+	return r
+}
+
+// decide publishes the outcome to the nodes' goroutines (see fanout).
+func (r *round) decide(success bool) {
+	r.success.Store(success)
+	close(r.decided)
+}
+
+// quorumError builds the error for a failed round.
+func (r *round) quorumError(op, resource string, sentinel error) *QuorumError {
+	qe := &QuorumError{Op: op, Resource: resource, Needed: r.m.quorum, Votes: r.ok, extra: []error{sentinel}}
+	sort.Slice(r.votes, func(i, j int) bool { return r.votes[i].node < r.votes[j].node })
+	for _, v := range r.votes {
+		if !v.ok && v.err != nil {
+			qe.Nodes = append(qe.Nodes, NodeError{Node: r.m.nodes[v.node].name, Err: v.err})
+		}
+	}
+	return qe
+}
+
+// Extend resets the lock's expiry to ttl (0: the ttl it was taken with) on
+// every node that still holds its token, and succeeds when a quorum did
+// within the new validity; Until moves accordingly. It never re-creates a key
+// that lapsed or was taken by another holder. On failure the lock becomes
+// invalid (Valid reports false) and the error matches ErrNotHeld (and
+// ErrUnavailable when nodes failed) and is a *QuorumError; a released lock
+// fails at once with ErrNotHeld. A nil lock or ttl < 0 matches
+// ErrInvalidArgument.
+func (m *Manager) Extend(ctx context.Context, l *Lock, ttl time.Duration) error {
+	if l == nil {
+		return invalidf("nil lock")
+	}
+	if ttl == 0 {
+		ttl = l.ttl
+	}
+	ttl, err := m.checkCall(l.keys, ttl)
+	if err != nil {
+		return err
+	}
+	if l.m != m {
+		return invalidf("lock belongs to another Manager")
+	}
+	if l.isReleased() {
+		return fmt.Errorf("%w: %q was unlocked", ErrNotHeld, l.keys[0])
+	}
+	if err := m.enter(); err != nil {
+		return err
+	}
+	defer m.wg.Done()
+	start := time.Now()
+	ttlMS := ttl.Milliseconds()
+	r := m.fanout(ctx, func(ctx context.Context, c redis.Conn) nodeVote {
+		n, err := evalExtend(ctx, c, l.keys, l.token, ttlMS)
+		switch {
+		case err != nil:
+			return nodeVote{err: err}
+		case n != 1:
+			return nodeVote{err: ErrNotHeld}
+		}
+		return nodeVote{ok: true}
+	}, nil)
+	validity := ttl - time.Since(start) - m.drift(ttl)
+	if r.ok >= m.quorum && validity > 0 {
+		l.extended(start.Add(ttl - m.drift(ttl)))
+		return nil
+	}
+	l.invalidate()
+	qe := r.quorumError("extend", l.keys[0], ErrNotHeld)
+	if r.ok >= m.quorum {
+		qe.extra = append(qe.extra, errTooSlow)
+	}
+	if err := ctx.Err(); err != nil {
+		qe.extra = append(qe.extra, err)
+	}
+	return qe
+}
+
+// Unlock releases the lock: every node deletes the keys that hold its
+// token, and no other key. The lock is invalid from the start of the call.
+// It returns when a quorum confirmed the release (the other nodes finish in
+// the background, within the node timeout). If fewer than a quorum held the
+// token (it expired or was taken over), the error matches ErrNotHeld and is
+// a *QuorumError. A nil lock matches ErrInvalidArgument.
+func (m *Manager) Unlock(ctx context.Context, l *Lock) error {
+	if l == nil {
+		return invalidf("nil lock")
+	}
+	if l.m != m {
+		return invalidf("lock belongs to another Manager")
+	}
+	if err := m.enter(); err != nil {
+		return err
+	}
+	defer m.wg.Done()
+	l.release()
+	want := int64(len(l.keys))
+	r := m.fanout(ctx, func(ctx context.Context, c redis.Conn) nodeVote {
+		n, err := evalRelease(ctx, c, l.keys, l.token)
+		switch {
+		case err != nil:
+			return nodeVote{err: err}
+		case n != want:
+			return nodeVote{err: ErrNotHeld}
+		}
+		return nodeVote{ok: true}
+	}, nil)
+	if r.ok >= m.quorum {
+		return nil
+	}
+	qe := r.quorumError("unlock", l.keys[0], ErrNotHeld)
+	if err := ctx.Err(); err != nil {
+		qe.extra = append(qe.extra, err)
+	}
+	return qe
+}
+
+// inspect asks every node who holds resource. It returns the round after
+// the quorum is decided for want (see IsLocked and GetLock).
+func (m *Manager) inspect(ctx context.Context, resource string, want func(holder string) bool) *round {
+	return m.fanout(ctx, func(ctx context.Context, c redis.Conn) nodeVote {
+		reply, err := evalInspect(ctx, c, resource)
+		if err != nil {
+			return nodeVote{err: err}
+		}
+		holder, pttl, err := decodeInspect(reply)
+		if err != nil {
+			return nodeVote{err: err}
+		}
+		return nodeVote{ok: want(holder), holder: holder, pttl: pttl}
+	}, nil)
+}
+
+// IsLocked reports whether a quorum of nodes holds resource, whoever the
+// holder is (aioredlock's is_locked). It returns false when enough nodes
+// answered that the key is free; when too many nodes failed to tell either
+// way it returns an error matching ErrUnavailable (a *QuorumError with Op
+// "is_locked").
+func (m *Manager) IsLocked(ctx context.Context, resource string) (bool, error) {
+	if _, err := m.checkCall([]string{resource}, time.Millisecond); err != nil {
+		return false, err
+	}
+	if err := m.enter(); err != nil {
+		return false, err
+	}
+	defer m.wg.Done()
+	r := m.inspect(ctx, resource, func(holder string) bool { return holder != "" })
+	if r.ok >= m.quorum {
+		return true, nil
+	}
+	free := 0
+	for _, v := range r.votes {
+		if v.err == nil && !v.ok {
+			free++
+		}
+	}
+	if free > len(m.nodes)-m.quorum {
+		return false, nil
+	}
+	qe := r.quorumError("is_locked", resource, ErrUnavailable)
+	if err := ctx.Err(); err != nil {
+		qe.extra = append(qe.extra, err)
+	}
+	return false, qe
+}
+
+// GetLock rebuilds the handle of a lock held by token, e.g. in another
+// process (aioredlock's get_lock). It succeeds when a quorum holds the
+// token; the handle's Until is what that quorum still guarantees, its TTL
+// for Extend(0) is the Manager's default TTL. Otherwise the error matches
+// ErrNotHeld and is a *QuorumError with Op "get".
+func (m *Manager) GetLock(ctx context.Context, resource, token string) (*Lock, error) {
+	if _, err := m.checkCall([]string{resource}, time.Millisecond); err != nil {
+		return nil, err
+	}
+	if token == "" {
+		return nil, invalidf("empty token")
+	}
+	if err := m.enter(); err != nil {
+		return nil, err
+	}
+	defer m.wg.Done()
+	start := time.Now()
+	r := m.inspect(ctx, resource, func(holder string) bool { return holder == token })
+	if r.ok < m.quorum {
+		for i := range r.votes {
+			if r.votes[i].err == nil && !r.votes[i].ok {
+				r.votes[i].err = ErrNotHeld
+			}
+		}
+		return nil, r.quorumError("get", resource, ErrNotHeld)
+	}
+	ttl := m.cfg.defaultTTL
+	var pttls []time.Duration
+	for _, v := range r.votes {
+		if v.ok {
+			d := time.Duration(v.pttl) * time.Millisecond
+			if v.pttl < 0 {
+				d = ttl
+			}
+			pttls = append(pttls, d)
+		}
+	}
+	// The quorum guarantees the smallest remaining ttl among its members.
+	sort.Slice(pttls, func(i, j int) bool { return pttls[i] > pttls[j] })
+	left := pttls[m.quorum-1]
+	return &Lock{m: m, keys: []string{resource}, token: token, ttl: ttl, until: start.Add(left - m.drift(left))}, nil
+}
+
+// Lock is a held lock. Its methods are safe for concurrent use.
+type Lock struct {
+	m     *Manager
+	keys  []string // resources, in the order given
+	token string
+	ttl   time.Duration
+
+	mu       sync.Mutex // protects until and released
+	until    time.Time  // local validity deadline, monotonic
+	released bool
+}
+
+// Resource returns the lock's resource (the first one of a LockMulti).
+func (l *Lock) Resource() string { return l.keys[0] }
+
+// Resources returns every resource the lock holds.
+func (l *Lock) Resources() []string { return append([]string(nil), l.keys...) }
+
+// Token returns the value stored in the lock's keys: 128 random bits from
+// crypto/rand, base64url-encoded, unless set with WithToken.
+func (l *Lock) Token() string { return l.token }
+
+// TTL returns the ttl the lock was taken with.
+func (l *Lock) TTL() time.Duration { return l.ttl }
+
+// Until returns the local validity deadline: the lock's ttl from the start
+// of the successful attempt minus the drift allowance, on the monotonic
+// clock. A successful Extend moves it.
+func (l *Lock) Until() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.until
+}
+
+// Valid reports whether the lock is still held as far as this process can
+// tell: false after Unlock, after a failed Extend, and once Until has passed.
+func (l *Lock) Valid() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return !l.released && time.Now().Before(l.until)
+}
+
+// Extend is m.Extend(ctx, l, ttl) for the lock's Manager.
+func (l *Lock) Extend(ctx context.Context, ttl time.Duration) error {
+	if l == nil {
+		return invalidf("nil lock")
+	}
+	return l.m.Extend(ctx, l, ttl)
+}
+
+// Unlock is m.Unlock(ctx, l) for the lock's Manager.
+func (l *Lock) Unlock(ctx context.Context) error {
+	if l == nil {
+		return invalidf("nil lock")
+	}
+	return l.m.Unlock(ctx, l)
+}
+
+// String describes the lock without its token.
+func (l *Lock) String() string {
+	return fmt.Sprintf("redlock.Lock{%q valid=%t}", l.keys[0], l.Valid())
+}
+
+func (l *Lock) isReleased() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.released
+}
+
+func (l *Lock) release() {
+	l.mu.Lock()
+	l.released = true
+	l.mu.Unlock()
+}
+
+func (l *Lock) invalidate() {
+	l.mu.Lock()
+	l.until = time.Time{}
+	l.mu.Unlock()
+}
+
+func (l *Lock) extended(until time.Time) {
+	l.mu.Lock()
+	l.until = until
+	l.mu.Unlock()
+}
