@@ -1,0 +1,136 @@
+// Package harness runs real Redis servers for redlock's integration, fault
+// and acceptance tests.
+//
+// Start and StartN launch redis-server processes on free 127.0.0.1 ports, each
+// in its own temp dir with persistence off (`--save "" --appendonly no`), and
+// stop them at t.Cleanup even when the test fails. A Server can be killed
+// (SIGKILL), restarted on the same port with empty data, paused (SIGSTOP) and
+// resumed (SIGCONT). StartSentinelGroup runs a master, its replicas and a set
+// of redis-sentinel processes that monitor it.
+//
+// Nothing stands in for Redis: when redis-server (or redis-sentinel) is not
+// on PATH the harness fails the test with the command that installs it; it
+// never skips.
+//
+// Setting REDLOCK_TEST_BACKEND=docker runs the servers of Start and StartN as
+// containers of the redis:7 image through ory/dockertest instead (Kill,
+// Restart, Pause and Resume go through the Docker API). Sentinel groups always
+// run as local processes.
+package harness
+
+import (
+	"fmt"
+	"net"
+	"os/exec"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// BackendEnv is the environment variable that selects how servers run:
+// "process" (the default when it is empty) or "docker".
+const BackendEnv = "REDLOCK_TEST_BACKEND"
+
+// installHint is the end of every "binary not found" failure.
+const installHint = `install it with "apt-get install -y redis-server redis-sentinel" (Debian/Ubuntu) or "brew install redis" (macOS)`
+
+// startTimeout bounds the wait for a started server to answer PING.
+const startTimeout = 10 * time.Second
+
+// Options configures the servers started by Start and StartN.
+type Options struct {
+	Password string     // requirepass (and masterauth); "" for no auth
+	Args     []string   // extra redis-server arguments, e.g. {"--maxmemory", "10mb"}
+	TLS      *TLSConfig // non-nil: listen on a TLS port only (--port 0); see NewTLSConfig
+}
+
+// lookupBinary finds a Redis executable on PATH. Its error says how to install
+// Redis, because a missing binary must fail tests loudly, never skip them.
+func lookupBinary(name string) (string, error) {
+	path, err := exec.LookPath(name)
+	if err != nil {
+		return "", fmt.Errorf("%s not found: %s", name, installHint)
+	}
+	return path, nil
+}
+
+// mustLookupBinary is lookupBinary that fails the test.
+func mustLookupBinary(t testing.TB, name string) string {
+	t.Helper()
+	path, err := lookupBinary(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+var (
+	portsMu sync.Mutex
+	ports   = map[int]bool{} // every port handed out by this test binary
+)
+
+// freePort returns a 127.0.0.1 TCP port that nothing listens on right now and
+// that this process has not handed out before.
+func freePort() (int, error) {
+	for i := 0; i < 100; i++ {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return 0, fmt.Errorf("harness: no free port: %w", err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		portsMu.Lock()
+		used := ports[port]
+		ports[port] = true
+		portsMu.Unlock()
+		if !used {
+			return port, nil
+		}
+	}
+	return 0, fmt.Errorf("harness: no free port after 100 tries")
+}
+
+// FreePort returns a free TCP port on 127.0.0.1, for a listener the test
+// starts itself. Another process may still take it before the test binds it.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return port
+}
+
+// WaitFor polls cond every 10ms until it returns true, and fails the test
+// with the formatted message when timeout passes first.
+func WaitFor(t testing.TB, timeout time.Duration, cond func() bool, msgf string, args ...interface{}) {
+	t.Helper()
+	if !poll(timeout, 10*time.Millisecond, cond) {
+		t.Fatalf("%s (waited %s)", fmt.Sprintf(msgf, args...), timeout)
+	}
+}
+
+// poll calls cond every interval until it returns true (true) or timeout
+// passes (false). cond runs at least once.
+func poll(timeout, interval time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		if cond() {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(interval)
+	}
+}
+
+// tailString returns the last n lines of s.
+func tailString(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
