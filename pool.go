@@ -207,11 +207,17 @@ func parseURL(raw string) (Endpoint, error) {
 		// url's own error quotes the input, password included: never wrap it.
 		return e, invalidf("malformed URL %s", redactURL(raw))
 	}
-	q := u.Query()
+	q, err := url.ParseQuery(u.RawQuery)
+	if err != nil {
+		return e, invalidf("URL %s: malformed query", redactURL(raw))
+	}
 	switch u.Scheme {
 	case "redis", "rediss":
 		if u.Hostname() == "" {
 			return e, invalidf("URL %s: missing host", redactURL(raw))
+		}
+		if strings.Contains(u.Hostname(), ":") && !strings.HasPrefix(u.Host, "[") {
+			return e, invalidf("URL %s: want host:port (IPv6 hosts in brackets)", redactURL(raw))
 		}
 		port := u.Port()
 		if port == "" {

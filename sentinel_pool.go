@@ -178,7 +178,10 @@ func parseSentinelURL(raw string) (Sentinel, error) {
 		}
 		s.Addrs = append(s.Addrs, h)
 	}
-	q := u.Query()
+	q, err := url.ParseQuery(u.RawQuery)
+	if err != nil {
+		return s, invalidf("sentinel URL %s: malformed query", redactURL(raw))
+	}
 	s.Master = q.Get("master")
 	if db := strings.Trim(u.Path, "/"); db != "" {
 		if s.DB, err = parseDB(db); err != nil {
