@@ -1,0 +1,59 @@
+# The project's commands. `make test` is the README's test command and what
+# .ci/run runs after `make check`.
+
+GO        ?= go
+TESTFLAGS ?= -race -count=1 -timeout 8m
+
+# Every module is built and tested on its own go.mod, as users and CI see it,
+# even when a local go.work ties the modules together.
+export GOWORK := off
+
+# Modules besides the root: tests/ always; bench/ and cmd/ when they have
+# their own go.mod.
+SUBMODULES := $(patsubst %/go.mod,%,$(wildcard tests/go.mod bench/go.mod cmd/go.mod))
+
+# All Go files that gofmt must accept (testdata is not Go to the go tool).
+GOFILES = $(shell find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*' -not -path '*/vendor/*')
+
+.PHONY: test generate check demo bench
+
+## test: install Redis if needed, then run every test against real redis-server processes
+test:
+	@bash scripts/ensure-redis.sh
+	@status=0; \
+	echo "== go test $(TESTFLAGS) ./...   (module github.com/redlock-go/redlock)"; \
+	$(GO) test $(TESTFLAGS) ./... || status=1; \
+	echo "== cd tests && go test $(TESTFLAGS) ./...   (integration tests)"; \
+	(cd tests && $(GO) test $(TESTFLAGS) ./...) || status=1; \
+	if [ $$status -ne 0 ]; then echo "make test: FAIL"; else echo "make test: ok"; fi; \
+	exit $$status
+
+## generate: regenerate scripts_gen.go from lua/*.lua
+generate:
+	$(GO) generate ./...
+
+## check: gofmt, go vet in every module, and a stale scripts_gen.go
+check:
+	@echo "== gofmt -l"
+	@out="$$(gofmt -l $(GOFILES))"; \
+	if [ -n "$$out" ]; then echo "gofmt would change these files (run gofmt -w):"; echo "$$out"; exit 1; fi
+	@echo "== go vet ./..."
+	@$(GO) vet ./...
+	@for m in $(SUBMODULES); do \
+		echo "== cd $$m && go vet ./..."; \
+		(cd $$m && $(GO) vet ./...) || exit 1; \
+	done
+	@echo "== go run ./gen -check"
+	@$(GO) run ./gen -check
+
+## demo: a Redlock demo on five embedded servers
+demo:
+	$(GO) run ./cmd/redlock demo
+
+## bench: benchmarks side by side with redsync (bench/ has its own go.mod)
+bench:
+	@if [ -f bench/go.mod ]; then \
+		cd bench && $(GO) test -bench . -run '^$$' ./...; \
+	else \
+		echo "bench: not yet (bench/go.mod does not exist)"; \
+	fi
