@@ -4,9 +4,11 @@
 GO        ?= go
 TESTFLAGS ?= -race -count=1 -timeout 8m
 
-# Every module is built and tested on its own go.mod, as users and CI see it,
-# even when a local go.work ties the modules together.
-export GOWORK := off
+# Every module is built and tested on its own go.mod, as `go get` users see
+# it, even though go.work ties the modules together for development
+# (`make GOWORK= test` uses the workspace instead).
+GOWORK ?= off
+export GOWORK
 
 # Modules besides the root: tests/ always; bench/ and cmd/ when they have
 # their own go.mod.
