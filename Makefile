@@ -34,19 +34,22 @@ test:
 generate:
 	$(GO) generate ./...
 
-## check: gofmt, go vet in every module, and a stale scripts_gen.go
+## check: gofmt, go vet in every module, and a stale scripts_gen.go (all run; any failure fails)
 check:
-	@echo "== gofmt -l"
-	@out="$$(gofmt -l $(GOFILES))"; \
-	if [ -n "$$out" ]; then echo "gofmt would change these files (run gofmt -w):"; echo "$$out"; exit 1; fi
-	@echo "== go vet ./..."
-	@$(GO) vet ./...
-	@for m in $(SUBMODULES); do \
+	@status=0; \
+	echo "== gofmt -l"; \
+	out="$$(gofmt -l $(GOFILES))"; \
+	if [ -n "$$out" ]; then echo "gofmt would change these files (run gofmt -w):"; echo "$$out"; status=1; fi; \
+	echo "== go vet ./..."; \
+	$(GO) vet ./... || status=1; \
+	for m in $(SUBMODULES); do \
 		echo "== cd $$m && go vet ./..."; \
-		(cd $$m && $(GO) vet ./...) || exit 1; \
-	done
-	@echo "== go run ./gen -check"
-	@$(GO) run ./gen -check
+		(cd $$m && $(GO) vet ./...) || status=1; \
+	done; \
+	echo "== go run ./gen -check"; \
+	$(GO) run ./gen -check || status=1; \
+	if [ $$status -ne 0 ]; then echo "make check: FAIL"; else echo "make check: ok"; fi; \
+	exit $$status
 
 ## demo: a Redlock demo on five embedded servers
 demo:
