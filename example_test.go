@@ -109,7 +109,9 @@ func ExampleScripts() {
 	}
 	// Output:
 	// acquire -1
+	// acquire_fenced 2
 	// extend -1
+	// fence 2
 	// inspect 1
 	// release -1
 }

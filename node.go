@@ -15,6 +15,7 @@ type node struct {
 	pool  *redis.Pool // plain, TLS, Sentinel-discovered, or the caller's
 	owned bool        // Close closes pool (false for Pool instances)
 	close func() error
+	guard *restartGuard // nil: restart guard off or not possible
 }
 
 // do borrows a connection within ctx, runs fn on it and returns it.

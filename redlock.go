@@ -55,12 +55,14 @@ const (
 
 // config is what the options set; New validates it.
 type config struct {
-	retryCount  int
-	retryMin    time.Duration
-	retryMax    time.Duration
-	drift       float64
-	defaultTTL  time.Duration
-	nodeTimeout time.Duration
+	retryCount   int
+	retryMin     time.Duration
+	retryMax     time.Duration
+	drift        float64
+	defaultTTL   time.Duration
+	nodeTimeout  time.Duration
+	fencing      bool
+	restartGuard bool
 }
 
 // Option configures a Manager. Options are checked by New: an invalid value
@@ -129,6 +131,17 @@ type Manager struct {
 	closed  bool           // set once by Close
 	closing chan struct{}  // closed by Close
 	wg      sync.WaitGroup // every call in progress and every goroutine it started
+	maxTTL  atomic.Int64   // longest ttl used, for the restart guard
+}
+
+// noteTTL records ttl for the restart guard's quarantine length.
+func (m *Manager) noteTTL(ttl time.Duration) {
+	for {
+		cur := m.maxTTL.Load()
+		if int64(ttl) <= cur || m.maxTTL.CompareAndSwap(cur, int64(ttl)) {
+			return
+		}
+	}
 }
 
 // New returns a Manager for the given nodes. With no instances it uses
@@ -138,11 +151,12 @@ type Manager struct {
 // made on first use.
 func New(instances []Instance, opts ...Option) (*Manager, error) {
 	cfg := config{
-		retryCount: DefaultRetryCount,
-		retryMin:   DefaultRetryDelayMin,
-		retryMax:   DefaultRetryDelayMax,
-		drift:      DefaultDriftFactor,
-		defaultTTL: DefaultTTL,
+		retryCount:   DefaultRetryCount,
+		retryMin:     DefaultRetryDelayMin,
+		retryMax:     DefaultRetryDelayMax,
+		drift:        DefaultDriftFactor,
+		defaultTTL:   DefaultTTL,
+		restartGuard: true,
 	}
 	for _, o := range opts {
 		if o == nil {
@@ -157,6 +171,7 @@ func New(instances []Instance, opts ...Option) (*Manager, error) {
 		instances = []Instance{Addr("localhost:6379")}
 	}
 	m := &Manager{cfg: cfg, quorum: len(instances)/2 + 1, closing: make(chan struct{})}
+	m.maxTTL.Store(int64(cfg.defaultTTL))
 	for i, inst := range instances {
 		if inst == nil {
 			m.shutdownNodes()
@@ -166,6 +181,9 @@ func New(instances []Instance, opts ...Option) (*Manager, error) {
 		if err != nil {
 			m.shutdownNodes()
 			return nil, fmt.Errorf("instance %d: %w", i, err)
+		}
+		if cfg.restartGuard {
+			n.watch(func() time.Duration { return time.Duration(m.maxTTL.Load()) })
 		}
 		m.nodes = append(m.nodes, n)
 	}
@@ -285,6 +303,9 @@ func (m *Manager) LockMulti(ctx context.Context, resources []string, ttl time.Du
 		}
 	}
 	ttl, err := m.checkCall(resources, ttl)
+	if err == nil && m.cfg.fencing && len(resources) > 1 {
+		err = invalidf("WithFencing supports single-resource locks, got %d resources", len(resources))
+	}
 	if err == nil && o.token == "" {
 		o.token, err = newToken()
 	}
@@ -299,6 +320,7 @@ func (m *Manager) LockMulti(ctx context.Context, resources []string, ttl time.Du
 	}
 	defer m.wg.Done()
 	keys := append([]string(nil), resources...)
+	m.noteTTL(ttl)
 	var last *QuorumError
 	for attempt := 1; ; attempt++ {
 		l, qe := m.tryLock(ctx, keys, o.token, ttl)
@@ -388,7 +410,11 @@ func (m *Manager) drift(ttl time.Duration) time.Duration {
 func (m *Manager) tryLock(ctx context.Context, keys []string, token string, ttl time.Duration) (*Lock, *QuorumError) {
 	start := time.Now()
 	ttlMS := ttl.Milliseconds()
-	r := m.fanout(ctx, func(ctx context.Context, c redis.Conn) nodeVote {
+	fenced := m.cfg.fencing
+	r := m.fanout(ctx, true, func(ctx context.Context, c redis.Conn) nodeVote {
+		if fenced {
+			return acquireFenced(ctx, c, keys[0], token, ttlMS)
+		}
 		reply, err := evalAcquire(ctx, c, keys, token, ttlMS)
 		if err != nil {
 			return nodeVote{err: err}
@@ -411,14 +437,27 @@ func (m *Manager) tryLock(ctx context.Context, keys []string, token string, ttl 
 			return err
 		})
 	})
+	var fence int64
+	failed := r // the round that decides the error
+	if fenced && r.ok >= m.quorum {
+		for _, v := range r.votes {
+			if v.ok && v.counter > fence {
+				fence = v.counter
+			}
+		}
+		fence++
+		if f := m.fence(ctx, keys[0], token, fence); f.ok < m.quorum {
+			failed = f
+		}
+	}
 	validity := ttl - time.Since(start) - m.drift(ttl)
-	success := r.ok >= m.quorum && validity > 0
+	success := failed == r && r.ok >= m.quorum && validity > 0
 	r.decide(success)
 	if success {
-		return &Lock{m: m, keys: keys, token: token, ttl: ttl, until: start.Add(ttl - m.drift(ttl))}, nil
+		return &Lock{m: m, keys: keys, token: token, ttl: ttl, fenceToken: fence, until: start.Add(ttl - m.drift(ttl))}, nil
 	}
-	qe := r.quorumError("lock", keys[0], ErrNotAcquired)
-	if r.ok >= m.quorum {
+	qe := failed.quorumError("lock", keys[0], ErrNotAcquired)
+	if failed.ok >= m.quorum {
 		qe.extra = append(qe.extra, errTooSlow)
 	}
 	return nil, qe
@@ -426,11 +465,12 @@ func (m *Manager) tryLock(ctx context.Context, keys []string, token string, ttl 
 
 // nodeVote is one node's answer in a round.
 type nodeVote struct {
-	node   int
-	ok     bool
-	err    error  // nil when ok; ErrLocked, ErrNotHeld, or a node failure
-	pttl   int64  // acquire: the foreign holder's PTTL; inspect: the key's PTTL
-	holder string // inspect: the token found
+	node    int
+	ok      bool
+	err     error  // nil when ok; ErrLocked, ErrNotHeld, or a node failure
+	pttl    int64  // acquire: the foreign holder's PTTL; inspect: the key's PTTL
+	counter int64  // acquire_fenced: the node's fencing counter
+	holder  string // inspect: the token found
 }
 
 // round is one fan-out to every node.
@@ -448,7 +488,11 @@ type round struct {
 // goroutine waits for r.decide and, when the round failed, calls cleanup with
 // a ctx that survives the caller's cancellation; the caller MUST then call
 // r.decide exactly once.
-func (m *Manager) fanout(ctx context.Context, op func(ctx context.Context, c redis.Conn) nodeVote,
+//
+// When guarded, the ok vote of a node under the restart guard's quarantine
+// is turned into a failed vote (see WithRestartGuard); its write still
+// happened.
+func (m *Manager) fanout(ctx context.Context, guarded bool, op func(ctx context.Context, c redis.Conn) nodeVote,
 	cleanup func(ctx context.Context, n *node, v nodeVote)) *round {
 	r := &round{m: m, decided: make(chan struct{})}
 	ch := make(chan nodeVote, len(m.nodes))
@@ -463,6 +507,9 @@ func (m *Manager) fanout(ctx context.Context, op func(ctx context.Context, c red
 			}
 			cancel()
 			v.node = i
+			if guarded && v.err == nil && n.guard.quarantined() {
+				v.ok, v.err = false, errRestarted
+			}
 			ch <- v
 			if cleanup == nil {
 				return
@@ -538,9 +585,10 @@ func (m *Manager) Extend(ctx context.Context, l *Lock, ttl time.Duration) error 
 		return err
 	}
 	defer m.wg.Done()
+	m.noteTTL(ttl)
 	start := time.Now()
 	ttlMS := ttl.Milliseconds()
-	r := m.fanout(ctx, func(ctx context.Context, c redis.Conn) nodeVote {
+	r := m.fanout(ctx, true, func(ctx context.Context, c redis.Conn) nodeVote {
 		n, err := evalExtend(ctx, c, l.keys, l.token, ttlMS)
 		switch {
 		case err != nil:
@@ -585,7 +633,7 @@ func (m *Manager) Unlock(ctx context.Context, l *Lock) error {
 	defer m.wg.Done()
 	l.release()
 	want := int64(len(l.keys))
-	r := m.fanout(ctx, func(ctx context.Context, c redis.Conn) nodeVote {
+	r := m.fanout(ctx, false, func(ctx context.Context, c redis.Conn) nodeVote {
 		n, err := evalRelease(ctx, c, l.keys, l.token)
 		switch {
 		case err != nil:
@@ -608,7 +656,7 @@ func (m *Manager) Unlock(ctx context.Context, l *Lock) error {
 // inspect asks every node who holds resource. It returns the round after
 // the quorum is decided for want (see IsLocked and GetLock).
 func (m *Manager) inspect(ctx context.Context, resource string, want func(holder string) bool) *round {
-	return m.fanout(ctx, func(ctx context.Context, c redis.Conn) nodeVote {
+	return m.fanout(ctx, true, func(ctx context.Context, c redis.Conn) nodeVote {
 		reply, err := evalInspect(ctx, c, resource)
 		if err != nil {
 			return nodeVote{err: err}
@@ -703,6 +751,8 @@ type Lock struct {
 	keys  []string // resources, in the order given
 	token string
 	ttl   time.Duration
+
+	fenceToken int64 // with WithFencing; 0 otherwise
 
 	mu       sync.Mutex // protects until and released
 	until    time.Time  // local validity deadline, monotonic

@@ -243,16 +243,16 @@ import (
 	"github.com/gomodule/redigo/redis"
 )
 {{range .}}
-// {{.Name}}Source is {{.File}}, byte for byte.
-const {{.Name}}Source = {{lit .Source}}
+// {{camel .Name}}Source is {{.File}}, byte for byte.
+const {{camel .Name}}Source = {{lit .Source}}
 
-// {{.Name}}SHA1 is the SHA1 digest of {{.Name}}Source, as EVALSHA wants it.
-const {{.Name}}SHA1 = "{{.SHA1}}"
+// {{camel .Name}}SHA1 is the SHA1 digest of {{camel .Name}}Source, as EVALSHA wants it.
+const {{camel .Name}}SHA1 = "{{.SHA1}}"
 
-// {{.Name}}Script describes {{.File}}.
-var {{.Name}}Script = luaScript{name: "{{.Name}}", source: {{.Name}}Source, sha1: {{.Name}}SHA1, keyCount: {{if .Variadic}}-1{{else}}{{len .Keys}}{{end}}}
+// {{camel .Name}}Script describes {{.File}}.
+var {{camel .Name}}Script = luaScript{name: "{{.Name}}", source: {{camel .Name}}Source, sha1: {{camel .Name}}SHA1, keyCount: {{if .Variadic}}-1{{else}}{{len .Keys}}{{end}}}
 
-// eval{{export .Name}} runs {{.File}} with EVALSHA (EVAL after NOSCRIPT): {{.Summary}}
+// eval{{export (camel .Name)}} runs {{.File}} with EVALSHA (EVAL after NOSCRIPT): {{.Summary}}
 {{- range .Keys}}
 //   - KEYS[{{.Index}}] {{.Name}}: {{.Doc}}
 {{- end}}
@@ -262,8 +262,8 @@ var {{.Name}}Script = luaScript{name: "{{.Name}}", source: {{.Name}}Source, sha1
 {{- range .Returns}}
 //   - returns {{.}}
 {{- end}}
-func eval{{export .Name}}(ctx context.Context, c redis.Conn{{if .Variadic}}, {{camel (index .Keys 0).Name}} []string{{else}}{{range .Keys}}, {{camel .Name}} string{{end}}{{end}}{{range .Args}}, {{camel .Name}} {{gotype .Type}}{{end}}) ({{if .Array}}[]interface{}{{else}}int64{{end}}, error) {
-	return redis.{{if .Array}}Values{{else}}Int64{{end}}(evalScript(ctx, c, &{{.Name}}Script, {{if .Variadic}}{{camel (index .Keys 0).Name}}{{else}}[]string{ {{- range $i, $k := .Keys}}{{if $i}}, {{end}}{{camel $k.Name}}{{end -}} }{{end}}{{range .Args}}, {{camel .Name}}{{end}}))
+func eval{{export (camel .Name)}}(ctx context.Context, c redis.Conn{{if .Variadic}}, {{camel (index .Keys 0).Name}} []string{{else}}{{range .Keys}}, {{camel .Name}} string{{end}}{{end}}{{range .Args}}, {{camel .Name}} {{gotype .Type}}{{end}}) ({{if .Array}}[]interface{}{{else}}int64{{end}}, error) {
+	return redis.{{if .Array}}Values{{else}}Int64{{end}}(evalScript(ctx, c, &{{camel .Name}}Script, {{if .Variadic}}{{camel (index .Keys 0).Name}}{{else}}[]string{ {{- range $i, $k := .Keys}}{{if $i}}, {{end}}{{camel $k.Name}}{{end -}} }{{end}}{{range .Args}}, {{camel .Name}}{{end}}))
 }
 {{end}}
 // scriptRegistry lists every script in lua/, sorted by name; see Scripts.
@@ -273,8 +273,8 @@ var scriptRegistry = []Script{
 		Name:     {{quote .Name}},
 		File:     {{quote .File}},
 		Summary:  {{quote .Summary}},
-		Source:   {{.Name}}Source,
-		SHA1:     {{.Name}}SHA1,
+		Source:   {{camel .Name}}Source,
+		SHA1:     {{camel .Name}}SHA1,
 		KeyCount: {{if .Variadic}}-1{{else}}{{len .Keys}}{{end}},
 		Keys: []string{ {{- range .Keys}}{{quote (printf "KEYS[%s] %s: %s" .Index .Name .Doc)}}, {{end -}} },
 		Args: []string{ {{- range .Args}}{{quote (printf "ARGV[%s] %s %s: %s" .Index .Name .Type .Doc)}}, {{end -}} },

@@ -1,0 +1,77 @@
+package redlock
+
+import (
+	"context"
+
+	"github.com/gomodule/redigo/redis"
+)
+
+// FenceKeyPrefix starts the key of every resource's fencing counter:
+// the counter of "orders" is "redlock:fence:orders". Counters have no expiry.
+const FenceKeyPrefix = "redlock:fence:"
+
+// WithFencing makes every Lock carry a fencing token (Lock.Fence) that
+// strictly increases per resource across holders, so that a storage that
+// remembers the largest token it has seen can reject a write from a holder
+// that lost its lock without knowing (a GC pause, a stalled process).
+// Default off; it costs one more round trip per Lock and applies to
+// single-resource locks (LockMulti with fencing is ErrInvalidArgument).
+//
+// How: each node keeps a counter per resource. Phase 1 (acquire_fenced.lua)
+// takes the lock and reads the node's counter; the client computes
+// T = max(counters read) + 1. Phase 2 (fence.lua) raises the counter to T on
+// every node where the lock still holds our token, and must succeed on a
+// quorum within the lock's validity, or the attempt fails and is released.
+//
+// Why it increases: holder A's phase 2 wrote T_A on a quorum Q_A while A
+// held the lock there. A later holder B can only take the lock on a node
+// after A's key left it, so B's phase-1 quorum Q_B reads each node after
+// any phase-2 write A made there. Q_A and Q_B are both majorities, so they
+// share a node whose counter is already >= T_A; hence T_B > T_A.
+//
+// Assumption: nodes keep their counters. A node restarted without
+// persistence forgets them; the restart guard (WithRestartGuard) keeps its
+// votes out while locks taken before the restart may still be alive, but
+// counters lost on a majority of nodes break the order. Run nodes with
+// appendonly for fencing across restarts.
+func WithFencing() Option { return func(c *config) { c.fencing = true } }
+
+// fenceKey is the counter key of resource.
+func fenceKey(resource string) string { return FenceKeyPrefix + resource }
+
+// acquireFenced runs phase 1 on one node.
+func acquireFenced(ctx context.Context, c redis.Conn, key, token string, ttlMS int64) nodeVote {
+	reply, err := evalAcquireFenced(ctx, c, key, fenceKey(key), token, ttlMS)
+	if err != nil {
+		return nodeVote{err: err}
+	}
+	ok, n, err := decodeAcquire(reply)
+	switch {
+	case err != nil:
+		return nodeVote{err: err}
+	case !ok:
+		return nodeVote{err: ErrLocked, pttl: n}
+	}
+	return nodeVote{ok: true, counter: n}
+}
+
+// fence runs phase 2 of a fenced acquisition: it records fence on every
+// node where token still holds key and reports how many nodes agreed.
+func (m *Manager) fence(ctx context.Context, key, token string, fence int64) *round {
+	counter := fenceKey(key)
+	return m.fanout(ctx, true, func(ctx context.Context, c redis.Conn) nodeVote {
+		n, err := evalFence(ctx, c, key, counter, token, fence)
+		switch {
+		case err != nil:
+			return nodeVote{err: err}
+		case n != 1:
+			return nodeVote{err: ErrNotHeld}
+		}
+		return nodeVote{ok: true}
+	}, nil)
+}
+
+// Fence returns the lock's fencing token when the Manager has WithFencing,
+// and 0 otherwise. Pass it with every write the lock protects; the storage
+// should reject a write whose token is lower than one it has accepted.
+func (l *Lock) Fence() int64 { return l.fenceToken }
