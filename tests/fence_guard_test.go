@@ -71,11 +71,19 @@ func TestFencingTokensStrictlyIncreaseAcrossHolders(t *testing.T) {
 		last = l.Fence()
 		require.NoError(t, l.Unlock(ctx))
 	}
+	// Unlock returns at quorum, so a node may still hold the previous lock
+	// when the next one is taken and miss that phase 2: a quorum has the
+	// last token, and no node has more.
+	atLast := 0
 	for _, s := range servers {
 		got, err := redis.Int64(s.Do(t, "GET", redlock.FenceKeyPrefix+"fenced"), nil)
 		require.NoError(t, err)
-		require.Equal(t, last, got, "%s: counter is not the last token", s.Addr())
+		require.LessOrEqual(t, got, last, "%s: counter above the last token handed out", s.Addr())
+		if got == last {
+			atLast++
+		}
 	}
+	require.GreaterOrEqual(t, atLast, 3, "a quorum of nodes must hold the last token")
 	l, err := plain.Lock(ctx, "unfenced", time.Second)
 	require.NoError(t, err)
 	require.Zero(t, l.Fence(), "without WithFencing Fence() is 0")
