@@ -30,7 +30,7 @@ func TestSeedWalkthrough(t *testing.T) {
 	parsed, err := redlock.ParseInstance("redis://" + servers[3].Addr() + "/3")
 	require.NoError(t, err, "ParseInstance of a redis:// URL")
 	instances := []redlock.Instance{
-		redlock.Addr(servers[0].Addr()),                 // ('localhost', 6379)
+		redlock.Addr(servers[0].Addr()),                  // ('localhost', 6379)
 		redlock.Endpoint{Addr: servers[1].Addr(), DB: 1}, // {'host': ..., 'port': ..., 'db': 1}
 		redlock.URL("redis://" + servers[2].Addr() + "/2"),
 		parsed,
