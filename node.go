@@ -16,10 +16,22 @@ type node struct {
 	owned bool        // Close closes pool (false for Pool instances)
 	close func() error
 	guard *restartGuard // nil: restart guard off or not possible
+
+	// sentinel is set for Sentinel nodes only: do then retries once after a
+	// failover and waits for replica acknowledgements (sentinel_pool.go).
+	sentinel *sentinelWatch
 }
 
 // do borrows a connection within ctx, runs fn on it and returns it.
 func (n *node) do(ctx context.Context, fn func(c redis.Conn) error) error {
+	if n.sentinel != nil {
+		return n.sentinel.do(ctx, n, fn)
+	}
+	return n.doOnce(ctx, fn)
+}
+
+// doOnce is do without the Sentinel hook.
+func (n *node) doOnce(ctx context.Context, fn func(c redis.Conn) error) error {
 	c, err := n.pool.GetContext(ctx)
 	if err != nil {
 		return err

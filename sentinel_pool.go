@@ -3,23 +3,56 @@ package redlock
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
+	"os"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/FZambia/sentinel"
 	"github.com/gomodule/redigo/redis"
 )
 
+// DefaultReplicaAckTimeout is how long a Sentinel node with MinReplicaAcks
+// waits for its replicas to acknowledge a write (the WAIT timeout) when
+// ReplicaAckTimeout is zero.
+const DefaultReplicaAckTimeout = 100 * time.Millisecond
+
 // Sentinel is one Sentinel-managed master group, used as ONE Redlock node:
 // connections go to whichever server the sentinels currently name as the
-// master of Master. Each connection is checked with ROLE once when dialled.
+// master of Master (aioredlock's Sentinel(('localhost', 26379),
+// master='leader', db=3) is Sentinel{Addrs: []string{"localhost:26379"},
+// Master: "leader", DB: 3}).
 //
-// Safety caveat: replication is asynchronous, so a failover can promote a
-// replica that never received a lock key. A Sentinel group is still a
-// single node in the quorum; use several independent groups.
+// Every new connection asks the sentinels for the master's address (the
+// first sentinel that answers wins and is asked first next time), dials it,
+// authenticates, selects DB and checks with ROLE, once, that the server
+// really is a master. A connection that later meets a reply saying the
+// server is no longer the master (READONLY, LOADING, MASTERDOWN) or a
+// dropped link is discarded together with every pooled connection dialled
+// before it, and the command is retried once on a freshly discovered master,
+// within the same per-node timeout (WithNodeTimeout). Scripts the new master
+// never saw are sent again through the NOSCRIPT fallback (see Scripts).
+//
+// Safety caveat: Redis replication is asynchronous, so a failover can
+// promote a replica that never received a lock key, and the group forgets
+// the lock. A Sentinel group is still a single node in the quorum: use
+// several independent groups (or plain masters), never one group alone, for
+// locks whose loss matters. MinReplicaAcks narrows the window but does not
+// close it; the restart guard (WithRestartGuard, on by default) ignores the
+// group's votes for one max TTL after it notices a new master (a new run_id).
+//
+// The zero values mean: DB 0, no ACL user, no passwords, plain TCP, the
+// Default* pool settings and no replica acknowledgement. String and errors
+// never contain a password.
 type Sentinel struct {
 	Addrs            []string    // sentinel "host:port" list (required)
 	Master           string      // master group name (required)
@@ -29,12 +62,36 @@ type Sentinel struct {
 	SentinelPassword string      // password for the sentinels; never printed
 	TLS              *tls.Config // nil: plain TCP; otherwise TLS to sentinels and master
 
-	DialTimeout time.Duration // per dial (sentinel or master); default DefaultDialTimeout
-	PoolSize    int           // most open connections to the master; default DefaultPoolSize
+	// DialTimeout bounds each dial and each command sent to a sentinel, and
+	// each dial of the master; default DefaultDialTimeout. A sentinel that
+	// does not answer costs at most this much once: it is then asked last.
+	DialTimeout time.Duration
+	PoolSize    int // most open connections to the master; default DefaultPoolSize
+
+	// MinReplicaAcks, when > 0, makes every successful acquire or extend on
+	// this node wait until at least that many replicas acknowledged the
+	// write (Redis WAIT, on the same connection, at most ReplicaAckTimeout).
+	// When fewer did, the node's vote counts as failed: its NodeError says
+	// how many replicas acknowledged and matches ErrUnavailable. The key
+	// stays written (a failed Lock releases it as usual). Default 0: off.
+	//
+	// Limits: WAIT does not make replication synchronous. The write is
+	// already visible on the master before the replicas acknowledge it, an
+	// acknowledged write lives in the replica's memory only, and a failover
+	// may still promote a replica that did not acknowledge (Sentinel picks
+	// by priority and replication offset, not by who acknowledged), so a
+	// lock can still be lost; it only makes that much less likely. A value
+	// above the number of reachable replicas makes every acquisition on the
+	// node fail.
+	MinReplicaAcks int
+	// ReplicaAckTimeout is the WAIT timeout; default
+	// DefaultReplicaAckTimeout. It is cut to what remains of the per-node
+	// timeout, so keep it well below WithNodeTimeout.
+	ReplicaAckTimeout time.Duration
 }
 
-// String returns "sentinel://h1:26379,h2:26379/db?master=NAME" with no
-// password.
+// String returns "redis+sentinel://h1:26379,h2:26379/db?master=NAME"
+// (rediss+sentinel with TLS) with no user or password.
 func (s Sentinel) String() string {
 	scheme := "redis+sentinel"
 	if s.TLS != nil {
@@ -61,6 +118,9 @@ func (s Sentinel) validate() error {
 	if s.DialTimeout < 0 || s.PoolSize < 0 {
 		return invalidf("sentinel %q: negative pool size or timeout", s.Master)
 	}
+	if s.MinReplicaAcks < 0 || s.ReplicaAckTimeout < 0 {
+		return invalidf("sentinel %q: negative MinReplicaAcks or ReplicaAckTimeout", s.Master)
+	}
 	return nil
 }
 
@@ -73,63 +133,392 @@ func (s Sentinel) newNode() (*node, error) {
 		if s.TLS == nil {
 			return nil
 		}
-		return []redis.DialOption{redis.DialUseTLS(true), redis.DialTLSConfig(s.TLS)}
+		// redigo clones the config and fills ServerName from the address.
+		return []redis.DialOption{redis.DialUseTLS(true), redis.DialTLSConfig(s.TLS), redis.DialTLSHandshakeTimeout(timeout)}
 	}
-	snt := &sentinel.Sentinel{
-		Addrs:      append([]string(nil), s.Addrs...),
-		MasterName: s.Master,
-		Dial: func(addr string) (redis.Conn, error) {
-			return redis.Dial("tcp", addr, append(tlsOpts(),
-				redis.DialConnectTimeout(timeout),
-				redis.DialReadTimeout(timeout),
-				redis.DialWriteTimeout(timeout),
-				redis.DialPassword(s.SentinelPassword))...)
-		},
-	}
-	masterOpts := append(tlsOpts(),
-		redis.DialConnectTimeout(timeout),
-		redis.DialDatabase(s.DB),
-		redis.DialUsername(s.Username),
-		redis.DialPassword(s.Password))
 	name := s.String()
-	pool := newRedisPool(s.PoolSize, 0, func(ctx context.Context) (redis.Conn, error) {
-		ctx, cancel := context.WithTimeout(ctx, timeout)
-		defer cancel()
-		addr, err := snt.MasterAddr()
-		if err != nil {
-			return nil, fmt.Errorf("redlock: sentinel %s: %w", name, err)
+	sn := &sentinelNode{
+		name: name,
+		snt: &sentinel.Sentinel{
+			Addrs:      append([]string(nil), s.Addrs...),
+			MasterName: s.Master,
+			// The Sentinel client guidelines: a sentinel dial always has a
+			// timeout. Read and write timeouts bound each query.
+			Dial: func(addr string) (redis.Conn, error) {
+				return redis.Dial("tcp", addr, append(tlsOpts(),
+					redis.DialConnectTimeout(timeout),
+					redis.DialReadTimeout(timeout),
+					redis.DialWriteTimeout(timeout),
+					redis.DialPassword(s.SentinelPassword))...)
+			},
+		},
+		discover: make(chan struct{}, 1),
+		timeout:  timeout,
+		masterOpts: append(tlsOpts(),
+			redis.DialConnectTimeout(timeout),
+			redis.DialDatabase(s.DB),
+			redis.DialUsername(s.Username),
+			redis.DialPassword(s.Password)),
+	}
+	pool := newRedisPool(s.PoolSize, 0, sn.dial)
+	pool.TestOnBorrowContext = sn.dropStale(pool.TestOnBorrowContext)
+	watch := &sentinelWatch{name: name, acks: s.MinReplicaAcks, ackTimeout: orDefault(s.ReplicaAckTimeout, DefaultReplicaAckTimeout)}
+	return &node{name: name, pool: pool, owned: true, close: sn.snt.Close, sentinel: watch}, nil
+}
+
+// errStaleMaster makes the pool drop an idle connection dialled before the
+// node noticed that its master moved.
+var errStaleMaster = errors.New("redlock: connection to a former master")
+
+// sentinelNode discovers and dials the master of one Sentinel group.
+type sentinelNode struct {
+	name       string             // Sentinel.String(): no password
+	snt        *sentinel.Sentinel // asked for the master's address
+	discover   chan struct{}      // one MasterAddr at a time (it is not safe for concurrent use)
+	timeout    time.Duration      // dial timeout
+	masterOpts []redis.DialOption
+
+	// gen counts the failovers noticed. A connection carries the gen it was
+	// dialled in; the pool discards idle connections of an older gen.
+	gen atomic.Uint64
+}
+
+// dial is the pool's DialContext: discover the master, dial it (AUTH,
+// SELECT), and check its ROLE once.
+func (sn *sentinelNode) dial(ctx context.Context) (redis.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, sn.timeout)
+	defer cancel()
+	gen := sn.gen.Load()
+	addr, err := sn.masterAddr(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c, err := redis.DialContext(ctx, "tcp", addr, sn.masterOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("redlock: sentinel %s: master %s: %w", sn.name, addr, err)
+	}
+	if !sentinel.TestRole(ctxConn{Conn: c, ctx: ctx}, "master") {
+		c.Close()
+		return nil, fmt.Errorf("%w: sentinel %s: %s does not answer ROLE as a master (failover in progress?)", ErrUnavailable, sn.name, addr)
+	}
+	return &sentinelConn{Conn: c, sn: sn, gen: gen, addr: addr}, nil
+}
+
+// dropStale wraps a pool's TestOnBorrowContext: an idle connection dialled
+// before the node noticed a failover is dropped without a round trip.
+func (sn *sentinelNode) dropStale(next func(context.Context, redis.Conn, time.Time) error) func(context.Context, redis.Conn, time.Time) error {
+	return func(ctx context.Context, c redis.Conn, lastUsed time.Time) error {
+		if sc, ok := c.(*sentinelConn); ok && sc.gen != sn.gen.Load() {
+			return errStaleMaster
 		}
-		c, err := redis.DialContext(ctx, "tcp", addr, masterOpts...)
-		if err != nil {
-			return nil, err
+		return next(ctx, c, lastUsed)
+	}
+}
+
+// masterAddr asks the sentinels for the master's address. Calls are
+// serialized: the sentinel client reorders its address list without
+// locking it for readers.
+func (sn *sentinelNode) masterAddr(ctx context.Context) (string, error) {
+	select {
+	case sn.discover <- struct{}{}:
+	case <-ctx.Done():
+		return "", fmt.Errorf("redlock: sentinel %s: waiting to ask the sentinels: %w", sn.name, ctx.Err())
+	}
+	defer func() { <-sn.discover }()
+	addr, err := sn.snt.MasterAddr()
+	if err != nil {
+		return "", fmt.Errorf("redlock: sentinel %s: %w", sn.name, err)
+	}
+	return addr, nil
+}
+
+// ctxConn sends Do through DoContext, so that FZambia's TestRole is bounded
+// by ctx.
+type ctxConn struct {
+	redis.Conn
+	ctx context.Context
+}
+
+func (c ctxConn) Do(cmd string, args ...interface{}) (interface{}, error) {
+	return redis.DoContext(c.Conn, c.ctx, cmd, args...)
+}
+
+// sentinelConn is a connection to the server a Sentinel group named as its
+// master. It watches every reply: once the server answers that it is no
+// longer a writable master, Err reports it, so that the pool closes the
+// connection instead of keeping it idle (a READONLY reply leaves the
+// connection healthy at the protocol level), and the node's gen moves on so
+// that older idle connections are dropped too.
+type sentinelConn struct {
+	redis.Conn // from redis.DialContext: supports ConnWithContext and ConnWithTimeout
+	sn         *sentinelNode
+	gen        uint64 // sn.gen when dialled
+	addr       string // the master's address when dialled
+
+	mu   sync.Mutex // protects lost
+	lost error      // the reply that showed the server is no longer the master
+}
+
+// Err returns the reason the connection is unusable: a failover reply seen
+// on it, or the underlying connection's fatal error.
+func (c *sentinelConn) Err() error {
+	c.mu.Lock()
+	lost := c.lost
+	c.mu.Unlock()
+	if lost != nil {
+		return lost
+	}
+	return c.Conn.Err()
+}
+
+// observe records what err says about the master.
+func (c *sentinelConn) observe(err error) {
+	if err == nil {
+		return
+	}
+	if isFailoverReply(err) {
+		c.mu.Lock()
+		if c.lost == nil {
+			c.lost = fmt.Errorf("redlock: sentinel %s: %s is no longer the master: %w", c.sn.name, c.addr, err)
 		}
-		if !sentinel.TestRole(c, "master") {
-			c.Close()
-			return nil, fmt.Errorf("redlock: sentinel %s: %s is not a master (failover in progress?)", name, addr)
+		c.mu.Unlock()
+	}
+	if masterMoved(c.Err()) {
+		c.sn.gen.CompareAndSwap(c.gen, c.gen+1)
+	}
+}
+
+func (c *sentinelConn) Do(cmd string, args ...interface{}) (interface{}, error) {
+	reply, err := c.Conn.Do(cmd, args...)
+	c.observe(err)
+	return reply, err
+}
+
+func (c *sentinelConn) DoContext(ctx context.Context, cmd string, args ...interface{}) (interface{}, error) {
+	reply, err := redis.DoContext(c.Conn, ctx, cmd, args...)
+	c.observe(err)
+	return reply, err
+}
+
+func (c *sentinelConn) DoWithTimeout(timeout time.Duration, cmd string, args ...interface{}) (interface{}, error) {
+	reply, err := redis.DoWithTimeout(c.Conn, timeout, cmd, args...)
+	c.observe(err)
+	return reply, err
+}
+
+func (c *sentinelConn) Receive() (interface{}, error) {
+	reply, err := c.Conn.Receive()
+	c.observe(err)
+	return reply, err
+}
+
+func (c *sentinelConn) ReceiveContext(ctx context.Context) (interface{}, error) {
+	reply, err := redis.ReceiveContext(c.Conn, ctx)
+	c.observe(err)
+	return reply, err
+}
+
+func (c *sentinelConn) ReceiveWithTimeout(timeout time.Duration) (interface{}, error) {
+	reply, err := redis.ReceiveWithTimeout(c.Conn, timeout)
+	c.observe(err)
+	return reply, err
+}
+
+// sentinelWatch is a Sentinel node's hook in node.do. It hands fn a
+// connection that notes replies meaning the master moved (masterMoved) and,
+// with MinReplicaAcks, sends WAIT after every successful acquire or extend
+// script. When the master moved and ctx is not done, fn runs once more: the
+// transport has dropped the connection by then, so the retry dials the
+// master the sentinels name now. Every redlock script is safe to repeat.
+type sentinelWatch struct {
+	name       string        // the node's name, for errors
+	acks       int           // MinReplicaAcks; 0: no WAIT
+	ackTimeout time.Duration // WAIT timeout
+}
+
+func (w *sentinelWatch) do(ctx context.Context, n *node, fn func(c redis.Conn) error) error {
+	var moved error
+	run := func(c redis.Conn) error { return fn(&watchConn{Conn: c, w: w, moved: &moved}) }
+	err := n.doOnce(ctx, run)
+	if moved == nil || ctx.Err() != nil {
+		return err
+	}
+	moved = nil
+	return n.doOnce(ctx, run)
+}
+
+// watchConn is the connection fn sees on a Sentinel node (one goroutine).
+type watchConn struct {
+	redis.Conn // the pooled connection or the shared pipelined one
+	w          *sentinelWatch
+	moved      *error // first error that means the master moved
+}
+
+func (c *watchConn) note(err error) {
+	if *c.moved == nil && masterMoved(err) {
+		*c.moved = err
+	}
+}
+
+func (c *watchConn) Do(cmd string, args ...interface{}) (interface{}, error) {
+	return c.DoContext(context.Background(), cmd, args...)
+}
+
+func (c *watchConn) DoContext(ctx context.Context, cmd string, args ...interface{}) (interface{}, error) {
+	reply, err := redis.DoContext(c.Conn, ctx, cmd, args...)
+	c.note(err)
+	if err == nil && c.w.acks > 0 && (cmd == "EVALSHA" || cmd == "EVAL") {
+		return c.awaitReplicas(ctx, args, reply)
+	}
+	return reply, err
+}
+
+func (c *watchConn) ReceiveContext(ctx context.Context) (interface{}, error) {
+	reply, err := redis.ReceiveContext(c.Conn, ctx)
+	c.note(err)
+	return reply, err
+}
+
+// ackedScripts are the writes whose success needs replica acknowledgement
+// (MinReplicaAcks), by SHA1 and by source (the EVAL fallback), with how to
+// tell a successful reply.
+var ackedScripts = func() map[string]func(reply interface{}) bool {
+	listOK := func(reply interface{}) bool { // {1, ...}
+		v, ok := reply.([]interface{})
+		return ok && len(v) > 0 && v[0] == int64(1)
+	}
+	intOK := func(reply interface{}) bool { return reply == int64(1) }
+	m := map[string]func(interface{}) bool{}
+	for _, s := range []struct {
+		script *luaScript
+		ok     func(interface{}) bool
+	}{{&acquireScript, listOK}, {&acquireFencedScript, listOK}, {&extendScript, intOK}, {&fenceScript, intOK}} {
+		m[s.script.sha1] = s.ok
+		m[s.script.source] = s.ok
+	}
+	return m
+}()
+
+// awaitReplicas sends WAIT after a successful acquire or extend script (args
+// are EVALSHA's or EVAL's) and turns the reply into an error when fewer
+// than MinReplicaAcks replicas acknowledged in time. WAIT's timeout is cut
+// to what is left of ctx, so that it returns its count before ctx ends.
+//
+// WAIT counts the replicas that acknowledged every write sent so far on the
+// connection, so it must follow the script on the same connection. On the
+// shared pipelined connection it does, unless that connection breaks between
+// the two replies; WAIT then runs on a fresh connection that wrote nothing
+// and answers at once with the number of connected replicas. That window is
+// a few microseconds and needs the master to fail over in it.
+func (c *watchConn) awaitReplicas(ctx context.Context, args []interface{}, reply interface{}) (interface{}, error) {
+	script, _ := firstString(args)
+	succeeded, ok := ackedScripts[script]
+	if !ok || !succeeded(reply) {
+		return reply, nil
+	}
+	timeout := c.w.ackTimeout
+	if deadline, ok := ctx.Deadline(); ok {
+		if left := time.Until(deadline) - 10*time.Millisecond; left < timeout {
+			timeout = left
 		}
-		return c, nil
-	})
-	return &node{name: name, pool: pool, owned: true, close: snt.Close}, nil
+	}
+	ms := timeout.Milliseconds()
+	if ms < 1 {
+		ms = 1 // WAIT n 0 would block forever
+	}
+	n, err := redis.Int(redis.DoContext(c.Conn, ctx, "WAIT", c.w.acks, ms))
+	c.note(err)
+	if err != nil {
+		return nil, fmt.Errorf("redlock: sentinel %s: WAIT for replica acknowledgement: %w", c.w.name, err)
+	}
+	if n < c.w.acks {
+		return nil, fmt.Errorf("%w: sentinel %s: %d of %d replicas acknowledged the write within %dms (MinReplicaAcks)",
+			ErrUnavailable, c.w.name, n, c.w.acks, ms)
+	}
+	return reply, nil
+}
+
+// firstString returns args[0] as a string.
+func firstString(args []interface{}) (string, bool) {
+	if len(args) == 0 {
+		return "", false
+	}
+	switch v := args[0].(type) {
+	case string:
+		return v, true
+	case []byte:
+		return string(v), true
+	}
+	return "", false
+}
+
+// isFailoverReply reports whether err is a Redis reply that means the
+// server is not (or not yet) a writable master: READONLY (a demoted master
+// or a replica), LOADING (a restarted server loading its data), MASTERDOWN
+// (a replica that lost its master). Scripts relay the first as "READONLY
+// ... script: ...".
+func isFailoverReply(err error) bool {
+	var re redis.Error
+	if !errors.As(err, &re) {
+		return false
+	}
+	msg := string(re)
+	for _, prefix := range []string{"READONLY ", "LOADING ", "MASTERDOWN "} {
+		if strings.HasPrefix(msg, prefix) || strings.Contains(msg, "-"+prefix) {
+			return true
+		}
+	}
+	return false
+}
+
+// masterMoved reports whether a connection's error means that the master
+// may have moved, so that the command is worth one more try on a newly
+// discovered master. Timeouts do
+// not count: a slow master is not a failover, and the per-node time is
+// spent anyway.
+func masterMoved(err error) bool {
+	if err == nil {
+		return false
+	}
+	if isFailoverReply(err) {
+		return true
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return false
+	}
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNABORTED) ||
+		errors.Is(err, syscall.EPIPE) || errors.Is(err, net.ErrClosed)
 }
 
 // SentinelURL is a Sentinel given as a URL, in aioredlock's forms:
 //
 //	redis://localhost:26379/4?master=leader&encoding=utf-8
-//	rediss://:password@localhost:26379/5?master=leader&ssl_cert_reqs=CERT_NONE
-//	redis://h1:26379,h2:26379/0?master=leader     (several sentinels)
+//	rediss://:password@localhost:26379/5?master=leader&encoding=utf-8&ssl_cert_reqs=CERT_NONE
+//	redis://h1:26379,h2:26379,h3:26379/0?master=leader     (several sentinels)
 //
-// The host list names the sentinels; the path (or ?db=) is the master's DB;
-// the userinfo is the master's ACL user and password; ?sentinel_password=
-// is the sentinels' password. rediss uses TLS for sentinels and master, with
-// ssl_cert_reqs=CERT_NONE | CERT_OPTIONAL | CERT_REQUIRED (default). Unknown
-// parameters are ignored. A malformed URL or a missing master is reported by
-// New, wrapping ErrInvalidArgument. redis+sentinel:// and rediss+sentinel://
-// are accepted as synonyms.
+// and the same with the schemes redis+sentinel:// and rediss+sentinel://.
+// The host list names the sentinels (port 26379 when omitted); the path (or
+// ?db=) is the master's DB; the userinfo (or ?password=) is the master's ACL
+// user and password; ?sentinel_password= is the sentinels' password. rediss
+// uses TLS for sentinels and master:
+//
+//	ssl_cert_reqs=CERT_REQUIRED  verify the servers (the default)
+//	ssl_cert_reqs=CERT_OPTIONAL  the same: servers always present a certificate
+//	ssl_cert_reqs=CERT_NONE      do not verify (encryption only)
+//	ssl_ca_certs=/path/ca.pem    verify against this CA file instead of the system roots
+//	ssl_certfile=, ssl_keyfile=  a client certificate, for servers with tls-auth-clients
+//
+// ?min_replica_acks=N&replica_ack_timeout=100ms set MinReplicaAcks and
+// ReplicaAckTimeout. Other parameters (encoding=...) are accepted and
+// ignored. A malformed URL, a missing master or a bad db is reported by New,
+// wrapping ErrInvalidArgument; String and errors never show a password.
 func SentinelURL(rawurl string) Instance { return sentinelURL(rawurl) }
 
 type sentinelURL string
 
-func (u sentinelURL) String() string { return redactURL(string(u)) }
+func (u sentinelURL) String() string { return redactSentinelURL(string(u)) }
 
 func (u sentinelURL) newNode() (*node, error) {
 	s, err := parseSentinelURL(string(u))
@@ -139,12 +528,27 @@ func (u sentinelURL) newNode() (*node, error) {
 	return s.newNode()
 }
 
+// redactSentinelURL is redactURL that also hides sentinel_password.
+func redactSentinelURL(raw string) string {
+	if i := strings.Index(raw, "?"); i >= 0 {
+		params := strings.Split(raw[i+1:], "&")
+		for j, p := range params {
+			if k, _, ok := strings.Cut(p, "="); ok && k == "sentinel_password" {
+				params[j] = k + "=xxxxx"
+			}
+		}
+		raw = raw[:i+1] + strings.Join(params, "&")
+	}
+	return redactURL(raw)
+}
+
 // parseSentinelURL parses SentinelURL's forms and validates the result.
 func parseSentinelURL(raw string) (Sentinel, error) {
 	var s Sentinel
+	red := redactSentinelURL(raw)
 	scheme, rest, ok := strings.Cut(raw, "://")
 	if !ok {
-		return s, invalidf("sentinel URL %s: missing scheme", redactURL(raw))
+		return s, invalidf("sentinel URL %s: missing scheme", red)
 	}
 	secure := false
 	switch scheme {
@@ -152,7 +556,7 @@ func parseSentinelURL(raw string) (Sentinel, error) {
 	case "rediss", "rediss+sentinel":
 		secure = true
 	default:
-		return s, invalidf("sentinel URL %s: unknown scheme %q", redactURL(raw), scheme)
+		return s, invalidf("sentinel URL %s: unknown scheme %q (want redis, rediss, redis+sentinel or rediss+sentinel)", red, scheme)
 	}
 	// url.Parse rejects comma-separated hosts with ports: parse a
 	// one-host stand-in and take the host list from the raw text.
@@ -167,30 +571,33 @@ func parseSentinelURL(raw string) (Sentinel, error) {
 	userinfo, tail := authority[:len(authority)-len(hosts)], rest[len(authority):]
 	u, err := url.Parse("redis://" + userinfo + "placeholder" + tail)
 	if err != nil || hosts == "" {
-		return s, invalidf("malformed sentinel URL %s", redactURL(raw))
+		return s, invalidf("malformed sentinel URL %s", red)
 	}
 	for _, h := range strings.Split(hosts, ",") {
-		if h != "" && !strings.Contains(h, ":") {
-			h = net.JoinHostPort(h, "26379")
+		if h != "" && (!strings.Contains(h, ":") || strings.HasSuffix(h, "]")) {
+			h = net.JoinHostPort(strings.Trim(h, "[]"), "26379")
 		}
 		if err := validateHostPort(h); err != nil {
-			return s, invalidf("sentinel URL %s: sentinel address %q: want host:port", redactURL(raw), h)
+			return s, invalidf("sentinel URL %s: sentinel address %q: want host:port", red, h)
 		}
 		s.Addrs = append(s.Addrs, h)
 	}
 	q, err := url.ParseQuery(u.RawQuery)
 	if err != nil {
-		return s, invalidf("sentinel URL %s: malformed query", redactURL(raw))
+		return s, invalidf("sentinel URL %s: malformed query", red)
 	}
 	s.Master = q.Get("master")
+	if s.Master == "" {
+		return s, invalidf("sentinel URL %s: missing ?master=NAME", red)
+	}
 	if db := strings.Trim(u.Path, "/"); db != "" {
 		if s.DB, err = parseDB(db); err != nil {
-			return s, invalidf("sentinel URL %s: %v", redactURL(raw), err)
+			return s, invalidf("sentinel URL %s: %v", red, err)
 		}
 	}
 	if v := q.Get("db"); v != "" {
 		if s.DB, err = parseDB(v); err != nil {
-			return s, invalidf("sentinel URL %s: %v", redactURL(raw), err)
+			return s, invalidf("sentinel URL %s: %v", red, err)
 		}
 	}
 	if u.User != nil {
@@ -200,14 +607,59 @@ func parseSentinelURL(raw string) (Sentinel, error) {
 	if v := q.Get("password"); v != "" {
 		s.Password = v
 	}
+	if v := q.Get("username"); v != "" {
+		s.Username = v
+	}
 	s.SentinelPassword = q.Get("sentinel_password")
+	if v := q.Get("min_replica_acks"); v != "" {
+		if s.MinReplicaAcks, err = strconv.Atoi(v); err != nil || s.MinReplicaAcks < 0 {
+			return s, invalidf("sentinel URL %s: min_replica_acks %q: want a number >= 0", red, v)
+		}
+	}
+	if v := q.Get("replica_ack_timeout"); v != "" {
+		if s.ReplicaAckTimeout, err = time.ParseDuration(v); err != nil || s.ReplicaAckTimeout <= 0 {
+			return s, invalidf("sentinel URL %s: replica_ack_timeout %q: want a positive duration such as 100ms", red, v)
+		}
+	}
 	if secure {
-		if s.TLS, err = tlsFromQuery(q, ""); err != nil {
-			return s, invalidf("sentinel URL %s: %v", redactURL(raw), err)
+		if s.TLS, err = sentinelTLS(q); err != nil {
+			return s, invalidf("sentinel URL %s: %v", red, err)
 		}
 	}
 	if err := s.validate(); err != nil {
 		return s, err
 	}
 	return s, nil
+}
+
+// sentinelTLS is tlsFromQuery plus redis-py's ssl_ca_certs, ssl_certfile and
+// ssl_keyfile. ServerName stays empty: redigo sets it to each server's
+// host, sentinels and master alike.
+func sentinelTLS(q url.Values) (*tls.Config, error) {
+	cfg, err := tlsFromQuery(q, "")
+	if err != nil {
+		return nil, err
+	}
+	if path := q.Get("ssl_ca_certs"); path != "" {
+		pem, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("ssl_ca_certs: %w", err)
+		}
+		cfg.RootCAs = x509.NewCertPool()
+		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("ssl_ca_certs %s: no PEM certificate found", path)
+		}
+	}
+	certFile, keyFile := q.Get("ssl_certfile"), q.Get("ssl_keyfile")
+	if certFile != "" || keyFile != "" {
+		if keyFile == "" {
+			keyFile = certFile // redis-py: the key may be in the certificate file
+		}
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return nil, fmt.Errorf("ssl_certfile/ssl_keyfile: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
 }
