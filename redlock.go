@@ -276,6 +276,13 @@ type lockOptions struct {
 // WithToken makes the lock use the given token instead of 128 random bits,
 // e.g. to take over a lock across a process restart. The token must be
 // unique to its holder: two holders with one token share the lock.
+//
+// Every attempt of a Lock call uses this one token, so before it retries,
+// Lock waits until the failed attempt has released the token on every node
+// (at most twice the node timeout, or until ctx is done). After a call
+// returns, its background work (a failed Lock's release, Unlock on slow
+// nodes) may still release the token for up to twice the node timeout:
+// taking the same token again sooner may lose the new lock on those nodes.
 func WithToken(token string) LockOption { return func(o *lockOptions) { o.token = token } }
 
 // Lock acquires resource for ttl (0: the default TTL) and returns the held
@@ -306,7 +313,8 @@ func (m *Manager) LockMulti(ctx context.Context, resources []string, ttl time.Du
 	if err == nil && m.cfg.fencing && len(resources) > 1 {
 		err = invalidf("WithFencing supports single-resource locks, got %d resources", len(resources))
 	}
-	if err == nil && o.token == "" {
+	custom := o.token != ""
+	if err == nil && !custom {
 		o.token, err = newToken()
 	}
 	if err == nil && len(o.token) > MaxResourceLen {
@@ -322,8 +330,9 @@ func (m *Manager) LockMulti(ctx context.Context, resources []string, ttl time.Du
 	keys := append([]string(nil), resources...)
 	m.noteTTL(ttl)
 	var last *QuorumError
+	token := o.token
 	for attempt := 1; ; attempt++ {
-		l, qe := m.tryLock(ctx, keys, o.token, ttl)
+		l, qe, r := m.tryLock(ctx, keys, token, ttl)
 		if qe == nil {
 			return l, nil
 		}
@@ -332,6 +341,18 @@ func (m *Manager) LockMulti(ctx context.Context, resources []string, ttl time.Du
 			break
 		}
 		if !m.sleep(ctx, m.retryDelay()) {
+			break
+		}
+		// The failed attempt is still releasing its token in the background
+		// on slow nodes; that release must never delete the next attempt's
+		// keys. A random token is fresh per attempt; a caller's token waits
+		// for the release to end.
+		if !custom {
+			if token, err = newToken(); err != nil {
+				last.extra = append(last.extra, err)
+				break
+			}
+		} else if !m.waitRound(ctx, r) {
 			break
 		}
 	}
@@ -407,7 +428,7 @@ func (m *Manager) drift(ttl time.Duration) time.Duration {
 }
 
 // tryLock is one attempt of the algorithm.
-func (m *Manager) tryLock(ctx context.Context, keys []string, token string, ttl time.Duration) (*Lock, *QuorumError) {
+func (m *Manager) tryLock(ctx context.Context, keys []string, token string, ttl time.Duration) (*Lock, *QuorumError, *round) {
 	start := time.Now()
 	ttlMS := ttl.Milliseconds()
 	fenced := m.cfg.fencing
@@ -454,13 +475,13 @@ func (m *Manager) tryLock(ctx context.Context, keys []string, token string, ttl 
 	success := failed == r && r.ok >= m.quorum && validity > 0
 	r.decide(success)
 	if success {
-		return &Lock{m: m, keys: keys, token: token, ttl: ttl, fenceToken: fence, until: start.Add(ttl - m.drift(ttl))}, nil
+		return &Lock{m: m, keys: keys, token: token, ttl: ttl, fenceToken: fence, until: start.Add(ttl - m.drift(ttl))}, nil, r
 	}
 	qe := failed.quorumError("lock", keys[0], ErrNotAcquired)
 	if failed.ok >= m.quorum {
 		qe.extra = append(qe.extra, errTooSlow)
 	}
-	return nil, qe
+	return nil, qe, r
 }
 
 // nodeVote is one node's answer in a round.
@@ -480,6 +501,27 @@ type round struct {
 	ok      int        // votes with ok
 	decided chan struct{}
 	success atomic.Bool
+	done    sync.WaitGroup // every node's goroutine, cleanup included
+}
+
+// waitRound waits until every goroutine of r ended; it returns false if
+// ctx ended or the Manager is closing first.
+func (m *Manager) waitRound(ctx context.Context, r *round) bool {
+	done := make(chan struct{})
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		r.done.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return true
+	case <-ctx.Done():
+		return false
+	case <-m.closing:
+		return false
+	}
 }
 
 // fanout runs op on every node at once, each within the node timeout, and
@@ -498,8 +540,10 @@ func (m *Manager) fanout(ctx context.Context, guarded bool, op func(ctx context.
 	ch := make(chan nodeVote, len(m.nodes))
 	for i, n := range m.nodes {
 		m.wg.Add(1)
+		r.done.Add(1)
 		go func() {
 			defer m.wg.Done()
+			defer r.done.Done()
 			nctx, cancel := context.WithTimeout(ctx, m.cfg.nodeTimeout)
 			var v nodeVote
 			if err := n.do(nctx, func(c redis.Conn) error { v = op(nctx, c); return nil }); err != nil {
