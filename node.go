@@ -16,6 +16,7 @@ type node struct {
 	owned bool        // Close closes pool (false for Pool instances)
 	close func() error
 	guard *restartGuard // nil: restart guard off or not possible
+	mux   *mux          // shared pipelined connection; nil for caller-owned pools
 
 	// sentinel is set for Sentinel nodes only: do then retries once after a
 	// failover and waits for replica acknowledgements (sentinel_pool.go).
@@ -32,6 +33,9 @@ func (n *node) do(ctx context.Context, fn func(c redis.Conn) error) error {
 
 // doOnce is do without the Sentinel hook.
 func (n *node) doOnce(ctx context.Context, fn func(c redis.Conn) error) error {
+	if n.mux != nil {
+		return fn(muxHandle{n.mux})
+	}
 	c, err := n.pool.GetContext(ctx)
 	if err != nil {
 		return err
@@ -46,6 +50,9 @@ func (n *node) doOnce(ctx context.Context, fn func(c redis.Conn) error) error {
 // shutdown releases what the Manager owns for this node.
 func (n *node) shutdown() error {
 	var errs []error
+	if n.mux != nil {
+		n.mux.close()
+	}
 	if n.owned {
 		errs = append(errs, n.pool.Close())
 	}

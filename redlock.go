@@ -132,6 +132,9 @@ type Manager struct {
 	closing chan struct{}  // closed by Close
 	wg      sync.WaitGroup // every call in progress and every goroutine it started
 	maxTTL  atomic.Int64   // longest ttl used, for the restart guard
+
+	base       context.Context // for background dials; cancelled by Close
+	cancelBase context.CancelFunc
 }
 
 // noteTTL records ttl for the restart guard's quarantine length.
@@ -171,6 +174,7 @@ func New(instances []Instance, opts ...Option) (*Manager, error) {
 		instances = []Instance{Addr("localhost:6379")}
 	}
 	m := &Manager{cfg: cfg, quorum: len(instances)/2 + 1, closing: make(chan struct{})}
+	m.base, m.cancelBase = context.WithCancel(context.Background())
 	m.maxTTL.Store(int64(cfg.defaultTTL))
 	for i, inst := range instances {
 		if inst == nil {
@@ -184,6 +188,9 @@ func New(instances []Instance, opts ...Option) (*Manager, error) {
 		}
 		if cfg.restartGuard {
 			n.watch(func() time.Duration { return time.Duration(m.maxTTL.Load()) })
+		}
+		if n.owned {
+			n.mux = newMux(m.base, cfg.nodeTimeout, n.pool.DialContext)
 		}
 		m.nodes = append(m.nodes, n)
 	}
@@ -222,6 +229,7 @@ func (m *Manager) Close() error {
 }
 
 func (m *Manager) shutdownNodes() error {
+	m.cancelBase()
 	var errs []error
 	for _, n := range m.nodes {
 		errs = append(errs, n.shutdown())
@@ -432,7 +440,7 @@ func (m *Manager) tryLock(ctx context.Context, keys []string, token string, ttl 
 	start := time.Now()
 	ttlMS := ttl.Milliseconds()
 	fenced := m.cfg.fencing
-	r := m.fanout(ctx, true, func(ctx context.Context, c redis.Conn) nodeVote {
+	r := m.fanoutAfter(ctx, true, nil, true, func(ctx context.Context, c redis.Conn) nodeVote {
 		if fenced {
 			return acquireFenced(ctx, c, keys[0], token, ttlMS)
 		}
@@ -475,7 +483,7 @@ func (m *Manager) tryLock(ctx context.Context, keys []string, token string, ttl 
 	success := failed == r && r.ok >= m.quorum && validity > 0
 	r.decide(success)
 	if success {
-		return &Lock{m: m, keys: keys, token: token, ttl: ttl, fenceToken: fence, until: start.Add(ttl - m.drift(ttl))}, nil, r
+		return &Lock{m: m, keys: keys, token: token, ttl: ttl, fenceToken: fence, acquired: r.sent, until: start.Add(ttl - m.drift(ttl))}, nil, r
 	}
 	qe := failed.quorumError("lock", keys[0], ErrNotAcquired)
 	if failed.ok >= m.quorum {
@@ -502,7 +510,21 @@ type round struct {
 	decided chan struct{}
 	success atomic.Bool
 	done    sync.WaitGroup // every node's goroutine, cleanup included
+	sent    []*sentSignal  // per node, when tracked (see fanoutAfter)
 }
+
+// sentSignal fires once a node's command is queued on its connection.
+type sentSignal struct {
+	once sync.Once
+	ch   chan struct{}
+}
+
+// sentKey carries a *sentSignal in a ctx down to the transport.
+type sentKey struct{}
+
+func newSentSignal() *sentSignal { return &sentSignal{ch: make(chan struct{})} }
+
+func (s *sentSignal) fire() { s.once.Do(func() { close(s.ch) }) }
 
 // waitRound waits until every goroutine of r ended; it returns false if
 // ctx ended or the Manager is closing first.
@@ -536,7 +558,24 @@ func (m *Manager) waitRound(ctx context.Context, r *round) bool {
 // happened.
 func (m *Manager) fanout(ctx context.Context, guarded bool, op func(ctx context.Context, c redis.Conn) nodeVote,
 	cleanup func(ctx context.Context, n *node, v nodeVote)) *round {
+	return m.fanoutAfter(ctx, guarded, nil, false, op, cleanup)
+}
+
+// fanoutAfter is fanout with per-node ordering. If after is not nil, node
+// i's command is sent only once after[i] fired: Unlock and Extend use the
+// acquire round's signals so that their command reaches a node after the
+// lock's own acquire, even when the acquire was a straggler on that node.
+// If track, r.sent[i] fires once node i's command was queued on its
+// connection (or its attempt ended).
+func (m *Manager) fanoutAfter(ctx context.Context, guarded bool, after []*sentSignal, track bool,
+	op func(ctx context.Context, c redis.Conn) nodeVote, cleanup func(ctx context.Context, n *node, v nodeVote)) *round {
 	r := &round{m: m, decided: make(chan struct{})}
+	if track {
+		r.sent = make([]*sentSignal, len(m.nodes))
+		for i := range r.sent {
+			r.sent[i] = newSentSignal()
+		}
+	}
 	ch := make(chan nodeVote, len(m.nodes))
 	for i, n := range m.nodes {
 		m.wg.Add(1)
@@ -546,8 +585,23 @@ func (m *Manager) fanout(ctx context.Context, guarded bool, op func(ctx context.
 			defer r.done.Done()
 			nctx, cancel := context.WithTimeout(ctx, m.cfg.nodeTimeout)
 			var v nodeVote
-			if err := n.do(nctx, func(c redis.Conn) error { v = op(nctx, c); return nil }); err != nil {
-				v = nodeVote{err: err}
+			if after != nil {
+				select {
+				case <-after[i].ch:
+				case <-nctx.Done():
+					v.err = nctx.Err()
+				}
+			}
+			if track {
+				nctx = context.WithValue(nctx, sentKey{}, r.sent[i])
+			}
+			if v.err == nil { // else the lock's acquire on this node was never sent
+				if err := n.do(nctx, func(c redis.Conn) error { v = op(nctx, c); return nil }); err != nil {
+					v = nodeVote{err: err}
+				}
+			}
+			if track {
+				r.sent[i].fire()
 			}
 			cancel()
 			v.node = i
@@ -632,7 +686,7 @@ func (m *Manager) Extend(ctx context.Context, l *Lock, ttl time.Duration) error 
 	m.noteTTL(ttl)
 	start := time.Now()
 	ttlMS := ttl.Milliseconds()
-	r := m.fanout(ctx, true, func(ctx context.Context, c redis.Conn) nodeVote {
+	r := m.fanoutAfter(ctx, true, l.acquired, false, func(ctx context.Context, c redis.Conn) nodeVote {
 		n, err := evalExtend(ctx, c, l.keys, l.token, ttlMS)
 		switch {
 		case err != nil:
@@ -677,7 +731,7 @@ func (m *Manager) Unlock(ctx context.Context, l *Lock) error {
 	defer m.wg.Done()
 	l.release()
 	want := int64(len(l.keys))
-	r := m.fanout(ctx, false, func(ctx context.Context, c redis.Conn) nodeVote {
+	r := m.fanoutAfter(ctx, false, l.acquired, false, func(ctx context.Context, c redis.Conn) nodeVote {
 		n, err := evalRelease(ctx, c, l.keys, l.token)
 		switch {
 		case err != nil:
@@ -796,7 +850,8 @@ type Lock struct {
 	token string
 	ttl   time.Duration
 
-	fenceToken int64 // with WithFencing; 0 otherwise
+	fenceToken int64         // with WithFencing; 0 otherwise
+	acquired   []*sentSignal // per node: the acquire was sent (nil for GetLock)
 
 	mu       sync.Mutex // protects until and released
 	until    time.Time  // local validity deadline, monotonic

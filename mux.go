@@ -1,0 +1,344 @@
+package redlock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/gomodule/redigo/redis"
+)
+
+// A mux is the transport of one node whose pool redlock built: ONE
+// connection that every concurrent caller shares. Commands are queued, a
+// writer goroutine sends whatever is queued and flushes once (automatic
+// pipelining), and a reader goroutine matches replies to callers in order.
+//
+// Why: a lock cycle costs one script per node, so the cost per command is
+// what matters. Pipelining turns N concurrent callers into one write and one
+// read syscall per batch instead of N of each, and a connection pool into a
+// single socket per node.
+//
+// Faults: a caller waits at most its ctx (the node timeout). When the oldest
+// command in flight has waited longer than the node timeout, the node counts
+// as stalled (paused, overloaded or cut off) and new commands fail at once
+// instead of piling up behind it; after three node timeouts the connection
+// is closed and the next command dials a new one (with backoff). A reply
+// that says the node cannot write (READONLY, LOADING, MASTERDOWN: a failover)
+// closes the connection too, so the next dial asks Sentinel again. Commands
+// on one connection run in the order they were queued, which is what lets a
+// failed Lock release a key right after an acquire whose reply is late.
+type mux struct {
+	dial       func(ctx context.Context) (redis.Conn, error)
+	base       context.Context // cancelled by Manager.Close
+	stallAfter time.Duration   // the node timeout
+
+	mu       sync.Mutex    // protects the fields below
+	conn     *muxConn      // current connection; nil or broken: dial
+	dialing  chan struct{} // closed when the dial in progress ends
+	dialErr  error         // last dial error, returned until nextDial
+	nextDial time.Time
+	backoff  time.Duration
+	closed   bool
+	wg       sync.WaitGroup // dialer, readers, writers
+}
+
+// errStalled is the vote of a node whose oldest command went unanswered for
+// longer than the node timeout.
+var errStalled = errors.New("redlock: node not answering (commands in flight past the node timeout)")
+
+// errMuxClosed fails the commands of a connection closed by Manager.Close.
+var errMuxClosed = errors.New("redlock: connection closed")
+
+const (
+	minDialBackoff = 20 * time.Millisecond
+	maxDialBackoff = time.Second
+	maxInFlight    = 1 << 14 // queued + unanswered commands per node
+)
+
+func newMux(base context.Context, stallAfter time.Duration, dial func(ctx context.Context) (redis.Conn, error)) *mux {
+	return &mux{dial: dial, base: base, stallAfter: stallAfter}
+}
+
+// get returns a healthy connection, dialling one if needed, within ctx.
+func (m *mux) get(ctx context.Context) (*muxConn, error) {
+	for {
+		m.mu.Lock()
+		if m.closed {
+			m.mu.Unlock()
+			return nil, ErrClosed
+		}
+		if c := m.conn; c != nil && c.healthy() {
+			m.mu.Unlock()
+			return c, nil
+		}
+		if m.dialing == nil {
+			if time.Now().Before(m.nextDial) {
+				err := m.dialErr
+				m.mu.Unlock()
+				return nil, err
+			}
+			m.dialing = make(chan struct{})
+			m.wg.Add(1)
+			go m.redial(m.dialing)
+		}
+		wait := m.dialing
+		m.mu.Unlock()
+		select {
+		case <-wait:
+			m.mu.Lock()
+			c, err := m.conn, m.dialErr
+			m.mu.Unlock()
+			if c == nil || !c.healthy() {
+				if err == nil {
+					err = errStalled
+				}
+				return nil, err
+			}
+			return c, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// redial dials a connection in the background and publishes it.
+func (m *mux) redial(done chan struct{}) {
+	defer m.wg.Done()
+	raw, err := m.dial(m.base)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	defer close(done)
+	m.dialing = nil
+	if err == nil && m.closed {
+		raw.Close()
+		err = ErrClosed
+	}
+	if err != nil {
+		m.backoff = min(max(2*m.backoff, minDialBackoff), maxDialBackoff)
+		m.dialErr, m.nextDial = err, time.Now().Add(m.backoff)
+		return
+	}
+	m.backoff, m.dialErr = 0, nil
+	m.conn = newMuxConn(m, raw)
+}
+
+// close fails everything in flight and waits for the goroutines.
+func (m *mux) close() {
+	m.mu.Lock()
+	m.closed = true
+	c := m.conn
+	m.mu.Unlock()
+	if c != nil {
+		c.fail(errMuxClosed)
+	}
+	m.wg.Wait()
+}
+
+// muxConn is one pipelined connection.
+type muxConn struct {
+	m    *mux
+	c    redis.Conn
+	wake chan struct{} // cap 1: there is something to write
+
+	mu      sync.Mutex // protects the fields below
+	queue   []*call    // waiting to be written
+	pending []*call    // written, waiting for their reply, oldest first
+	broken  error      // set once; then the connection is closed
+}
+
+// call is one command and, once answered, its reply.
+type call struct {
+	cmd   string
+	args  []interface{}
+	sent  time.Time
+	reply interface{}
+	err   error
+	done  chan struct{} // cap 1
+}
+
+var callPool = sync.Pool{New: func() interface{} { return &call{done: make(chan struct{}, 1)} }}
+
+func newMuxConn(m *mux, c redis.Conn) *muxConn {
+	mc := &muxConn{m: m, c: c, wake: make(chan struct{}, 1)}
+	m.wg.Add(2)
+	go mc.writeLoop()
+	go mc.readLoop()
+	return mc
+}
+
+// healthy reports whether new commands may be queued; it closes a
+// connection stalled for three node timeouts.
+func (mc *muxConn) healthy() bool {
+	mc.mu.Lock()
+	broken := mc.broken != nil
+	stalled := len(mc.pending) > 0 && time.Since(mc.pending[0].sent) > 3*mc.m.stallAfter
+	mc.mu.Unlock()
+	if stalled {
+		mc.fail(errStalled)
+		return false
+	}
+	return !broken
+}
+
+// do queues one command and waits for its reply within ctx.
+func (mc *muxConn) do(ctx context.Context, cmd string, args []interface{}) (interface{}, error) {
+	cl := callPool.Get().(*call)
+	cl.cmd, cl.args = cmd, args
+	mc.mu.Lock()
+	switch {
+	case mc.broken != nil:
+		err := mc.broken
+		mc.mu.Unlock()
+		callPool.Put(cl)
+		return nil, err
+	case len(mc.pending) > 0 && time.Since(mc.pending[0].sent) > mc.m.stallAfter,
+		len(mc.pending)+len(mc.queue) >= maxInFlight:
+		mc.mu.Unlock()
+		callPool.Put(cl)
+		return nil, errStalled
+	}
+	mc.queue = append(mc.queue, cl)
+	mc.mu.Unlock()
+	if sig, ok := ctx.Value(sentKey{}).(*sentSignal); ok {
+		sig.fire() // queued: whatever is queued later runs after it
+	}
+	select {
+	case mc.wake <- struct{}{}:
+	default:
+	}
+	select {
+	case <-cl.done:
+		reply, err := cl.reply, cl.err
+		*cl = call{done: cl.done}
+		callPool.Put(cl)
+		return reply, err
+	case <-ctx.Done():
+		return nil, ctx.Err() // cl is abandoned; the reader still owns it
+	}
+}
+
+func (mc *muxConn) writeLoop() {
+	defer mc.m.wg.Done()
+	var batch []*call
+	for {
+		<-mc.wake
+		// Let the other callers of this moment queue too: one write for
+		// many commands is the point of the mux.
+		runtime.Gosched()
+		mc.mu.Lock()
+		if mc.broken != nil {
+			mc.mu.Unlock()
+			return
+		}
+		batch, mc.queue = mc.queue, batch[:0]
+		now := time.Now()
+		for _, cl := range batch {
+			cl.sent = now
+		}
+		mc.pending = append(mc.pending, batch...)
+		mc.mu.Unlock()
+		var err error
+		for _, cl := range batch {
+			if err = mc.c.Send(cl.cmd, cl.args...); err != nil {
+				break
+			}
+		}
+		if err == nil {
+			err = mc.c.Flush()
+		}
+		if err != nil {
+			mc.fail(err)
+			return
+		}
+		clear(batch)
+	}
+}
+
+func (mc *muxConn) readLoop() {
+	defer mc.m.wg.Done()
+	for {
+		reply, err := mc.c.Receive()
+		var rerr redis.Error
+		if err != nil && !errors.As(err, &rerr) {
+			mc.fail(err)
+			return
+		}
+		mc.mu.Lock()
+		if len(mc.pending) == 0 {
+			mc.mu.Unlock()
+			mc.fail(errors.New("redlock: reply without a command (protocol error)"))
+			return
+		}
+		cl := mc.pending[0]
+		mc.pending[0] = nil
+		mc.pending = mc.pending[1:]
+		mc.mu.Unlock()
+		cl.reply, cl.err = reply, err
+		cl.done <- struct{}{}
+		if err != nil && cannotWrite(rerr) {
+			mc.fail(fmt.Errorf("redlock: node cannot take writes: %w", rerr))
+			return
+		}
+	}
+}
+
+// cannotWrite reports replies after which this connection must not be
+// used again: the server is no longer (or not yet) a writable master.
+func cannotWrite(e redis.Error) bool {
+	s := string(e)
+	return strings.HasPrefix(s, "READONLY") || strings.HasPrefix(s, "LOADING") || strings.HasPrefix(s, "MASTERDOWN")
+}
+
+// fail breaks the connection once: it is closed, and every command queued
+// or in flight gets err.
+func (mc *muxConn) fail(err error) {
+	mc.mu.Lock()
+	if mc.broken != nil {
+		mc.mu.Unlock()
+		return
+	}
+	mc.broken = err
+	calls := append(mc.pending, mc.queue...)
+	mc.pending, mc.queue = nil, nil
+	mc.mu.Unlock()
+	mc.c.Close()
+	select { // let the writer see broken and exit
+	case mc.wake <- struct{}{}:
+	default:
+	}
+	for _, cl := range calls {
+		cl.reply, cl.err = nil, err
+		cl.done <- struct{}{}
+	}
+}
+
+// muxHandle lets the generated script wrappers (which take a redis.Conn)
+// run on a mux: only DoContext and Do are supported.
+type muxHandle struct{ m *mux }
+
+var errMuxUnsupported = errors.New("redlock: only Do and DoContext are supported on a shared connection")
+
+func (h muxHandle) DoContext(ctx context.Context, cmd string, args ...interface{}) (interface{}, error) {
+	c, err := h.m.get(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return c.do(ctx, cmd, args)
+}
+
+func (h muxHandle) Do(cmd string, args ...interface{}) (interface{}, error) {
+	return h.DoContext(h.m.base, cmd, args...)
+}
+
+func (h muxHandle) Close() error                      { return nil }
+func (h muxHandle) Err() error                        { return nil }
+func (h muxHandle) Send(string, ...interface{}) error { return errMuxUnsupported }
+func (h muxHandle) Flush() error                      { return errMuxUnsupported }
+func (h muxHandle) Receive() (interface{}, error)     { return nil, errMuxUnsupported }
+func (h muxHandle) ReceiveContext(context.Context) (interface{}, error) {
+	return nil, errMuxUnsupported
+}
