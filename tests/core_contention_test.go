@@ -58,10 +58,8 @@ func TestNoOverlapUnderContention(t *testing.T) {
 			defer wg.Done()
 			m := managers[g%len(managers)]
 			for acquired.Load() < target && ctx.Err() == nil {
-				lstart := time.Now()
 				l, err := m.Lock(ctx, resource, ttl)
 				got := time.Now()
-				_ = lstart
 				if err != nil {
 					if errors.Is(err, redlock.ErrNotAcquired) && ctx.Err() == nil {
 						refused.Add(1)
