@@ -1,0 +1,242 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-redsync/redsync/v4"
+	redsyncredis "github.com/go-redsync/redsync/v4/redis"
+	redsyncredigo "github.com/go-redsync/redsync/v4/redis/redigo"
+	"github.com/gomodule/redigo/redis"
+
+	"github.com/redlock-go/redlock"
+)
+
+// The settings both libraries get, so that every difference measured is the
+// library's.
+const (
+	// poolSize is the most connections per node: redsync's redigo pool gets
+	// it explicitly; redlock.Addr nodes use redlock.DefaultPoolSize, which
+	// is the same number.
+	poolSize = 64
+	// nodeTimeout bounds one command on one node: redlock's
+	// WithNodeTimeout, redsync's redigo connect/read/write timeouts (its
+	// only per-command bound: redsync sends commands without a ctx).
+	nodeTimeout = 500 * time.Millisecond
+	// lockTTL is every lock's TTL (redsync's default expiry).
+	lockTTL = 8 * time.Second
+)
+
+// client is one library connected to the benchmark's nodes.
+type client interface {
+	// lock takes resource for lockTTL, with the attempts the client was
+	// opened with and the library's default delay between them.
+	lock(ctx context.Context, resource string) (held, error)
+	close()
+}
+
+// held is a lock taken by a client.
+type held interface {
+	unlock(ctx context.Context) error
+}
+
+// contender is a library under test and how to open it.
+type contender struct {
+	name string
+	open func(tb testing.TB, tries int) client
+}
+
+// contenders are the libraries every scenario runs, ours first.
+var contenders = []contender{
+	{"redlock", openRedlock},
+	{"redsync", func(tb testing.TB, tries int) client { return openRedsync(tb, tries) }},
+}
+
+// redsyncFailFast is redsync with WithFailFast(true), which returns at
+// quorum instead of waiting for every node; the paused-node scenario runs
+// it too, as information (it is not redsync's default).
+var redsyncFailFast = contender{"redsync-failfast", func(tb testing.TB, tries int) client {
+	return openRedsync(tb, tries, redsync.WithFailFast(true))
+}}
+
+// redlockClient is ours: one Manager over Addr instances.
+type redlockClient struct{ m *redlock.Manager }
+
+// redlockHeld is a *redlock.Lock with the held method; the conversion from
+// *redlock.Lock allocates nothing.
+type redlockHeld redlock.Lock
+
+func openRedlock(tb testing.TB, tries int) client {
+	insts := make([]redlock.Instance, len(addrs))
+	for i, a := range addrs {
+		insts[i] = redlock.Addr(a)
+	}
+	m, err := redlock.New(insts, redlock.WithNodeTimeout(nodeTimeout), redlock.WithRetryCount(tries))
+	if err != nil {
+		tb.Fatalf("redlock.New: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := m.LoadScripts(ctx); err != nil {
+		tb.Fatalf("redlock LoadScripts: %v", err)
+	}
+	return &redlockClient{m: m}
+}
+
+func (c *redlockClient) lock(ctx context.Context, resource string) (held, error) {
+	l, err := c.m.Lock(ctx, resource, lockTTL)
+	if err != nil {
+		return nil, err
+	}
+	return (*redlockHeld)(l), nil
+}
+
+func (c *redlockClient) close() { _ = c.m.Close() }
+
+func (h *redlockHeld) unlock(ctx context.Context) error { return (*redlock.Lock)(h).Unlock(ctx) }
+
+// redsyncClient is go-redsync/redsync v4 with its redigo driver; a Mutex
+// per lock, as redsync is used.
+type redsyncClient struct {
+	rs    *redsync.Redsync
+	opts  []redsync.Option
+	pools []*redis.Pool
+}
+
+// redsyncHeld is a *redsync.Mutex with the held method.
+type redsyncHeld redsync.Mutex
+
+// errNotReleased is redsync's Unlock reporting false without an error.
+var errNotReleased = errors.New("redsync: unlock: not released on a quorum")
+
+func openRedsync(_ testing.TB, tries int, extra ...redsync.Option) client {
+	c := &redsyncClient{opts: append([]redsync.Option{redsync.WithExpiry(lockTTL), redsync.WithTries(tries)}, extra...)}
+	pools := make([]redsyncredis.Pool, len(addrs))
+	for i, a := range addrs {
+		p := &redis.Pool{
+			MaxIdle:     poolSize,
+			MaxActive:   poolSize,
+			Wait:        true,
+			IdleTimeout: 4 * time.Minute,
+			Dial: func() (redis.Conn, error) {
+				return redis.Dial("tcp", a,
+					redis.DialConnectTimeout(nodeTimeout),
+					redis.DialReadTimeout(nodeTimeout),
+					redis.DialWriteTimeout(nodeTimeout))
+			},
+		}
+		c.pools = append(c.pools, p)
+		pools[i] = redsyncredigo.NewPool(p)
+	}
+	c.rs = redsync.New(pools...)
+	return c
+}
+
+func (c *redsyncClient) lock(ctx context.Context, resource string) (held, error) {
+	m := c.rs.NewMutex(resource, c.opts...)
+	if err := m.LockContext(ctx); err != nil {
+		return nil, err
+	}
+	return (*redsyncHeld)(m), nil
+}
+
+func (c *redsyncClient) close() {
+	for _, p := range c.pools {
+		_ = p.Close()
+	}
+}
+
+func (h *redsyncHeld) unlock(ctx context.Context) error {
+	ok, err := (*redsync.Mutex)(h).UnlockContext(ctx)
+	if err == nil && !ok {
+		err = errNotReleased
+	}
+	return err
+}
+
+// runSeq numbers the benchmark runs of this process, so that every run
+// locks resources no earlier run used.
+var runSeq atomic.Int64
+
+// resourceNames returns n distinct resource names for one benchmark run,
+// built before the timer starts so that both libraries get the same
+// strings for free.
+func resourceNames(scenario string, n int) []string {
+	prefix := fmt.Sprintf("bench:%d:%s:", runSeq.Add(1), scenario)
+	names := make([]string, n)
+	for i := range names {
+		names[i] = prefix + fmt.Sprint(i)
+	}
+	return names
+}
+
+// cycleResult is what runCycles measured.
+type cycleResult struct {
+	elapsed  time.Duration
+	lat      []time.Duration // per cycle, in resource order; failed cycles included
+	fails    int64           // cycles whose Lock or Unlock failed
+	firstErr error
+}
+
+// runCycles runs one Lock+Unlock cycle per name, by workers goroutines (the
+// calling goroutine when workers is 1), and times each. It resets the
+// benchmark timer at the start and stops it at the end.
+func runCycles(b *testing.B, c client, workers int, names []string) cycleResult {
+	r := cycleResult{lat: make([]time.Duration, len(names))}
+	var (
+		next    atomic.Int64
+		fails   atomic.Int64
+		errOnce sync.Once
+	)
+	ctx := context.Background()
+	work := func() {
+		for {
+			i := next.Add(1) - 1
+			if i >= int64(len(names)) {
+				return
+			}
+			t0 := time.Now()
+			h, err := c.lock(ctx, names[i])
+			if err == nil {
+				err = h.unlock(ctx)
+			}
+			r.lat[i] = time.Since(t0)
+			if err != nil {
+				fails.Add(1)
+				errOnce.Do(func() { r.firstErr = err })
+			}
+		}
+	}
+	b.ResetTimer()
+	b.StartTimer() // warm stopped it
+	start := time.Now()
+	if workers == 1 {
+		work()
+	} else {
+		var wg sync.WaitGroup
+		for range workers {
+			wg.Add(1)
+			go func() { defer wg.Done(); work() }()
+		}
+		wg.Wait()
+	}
+	r.elapsed = time.Since(start)
+	b.StopTimer()
+	r.fails = fails.Load()
+	return r
+}
+
+// warm runs a few cycles at the given parallelism before measuring, so
+// that pools hold connections and scripts are cached on every node. All
+// nodes must be up.
+func warm(b *testing.B, c client, workers int) {
+	r := runCycles(b, c, workers, resourceNames("warm", 4*workers+16))
+	if r.fails > 0 {
+		b.Fatalf("warm-up: %d cycles failed, first: %v", r.fails, r.firstErr)
+	}
+}

@@ -1,0 +1,144 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// page renders docs/benchmarks.md.
+func (r *results) page(table, cmd, note string, raw []byte) string {
+	var b strings.Builder
+	b.WriteString("# Benchmarks: redlock vs go-redsync/redsync v4\n\n")
+	b.WriteString("<!-- Written by bench/cmd/report (`make bench`); edit the program, not this page. -->\n\n")
+	fmt.Fprintf(&b, "Latest `%s`, %s.\n\n", cmd, time.Now().UTC().Format("2006-01-02 15:04 UTC"))
+	if note != "" {
+		fmt.Fprintf(&b, "> **Note:** %s\n\n", note)
+	}
+	b.WriteString(table)
+	b.WriteString("\n## Machine\n\n")
+	for _, kv := range r.machine() {
+		fmt.Fprintf(&b, "- %s: %s\n", kv[0], kv[1])
+	}
+	b.WriteString("\n## Command\n\n```\n" + cmd + "\n```\n\n")
+	b.WriteString(method)
+	b.WriteString("\n## Raw output\n\n<details><summary>go test -bench output (benchstat reads it)</summary>\n\n```\n")
+	b.WriteString(strings.TrimRight(string(raw), "\n"))
+	b.WriteString("\n```\n\n</details>\n")
+	return b.String()
+}
+
+// machine describes where the run happened.
+func (r *results) machine() [][2]string {
+	cpu := r.header["cpu"]
+	if m := cpuModel(); m != "" {
+		cpu = m
+	}
+	return [][2]string{
+		{"CPUs (nproc)", fmt.Sprint(runtime.NumCPU())},
+		{"CPU model", orUnknown(cpu)},
+		{"OS/arch", runtime.GOOS + "/" + runtime.GOARCH},
+		{"redis-server", orUnknown(commandLine("redis-server", "--version"))},
+		{"go", runtime.Version()},
+		{"load average at report time", orUnknown(loadAvg())},
+	}
+}
+
+func cpuModel() string {
+	data, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
+}
+
+func loadAvg() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(data))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
+}
+
+func commandLine(name string, args ...string) string {
+	out, err := exec.Command(name, args...).Output()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out))
+}
+
+func orUnknown(s string) string {
+	if s == "" {
+		return "unknown"
+	}
+	return s
+}
+
+// method explains the scenarios and the settings; keep it in step with
+// the benchmarks in bench/.
+const method = `## What is measured
+
+Every scenario runs both libraries, one after the other, in ONE ` + "`go test`" + ` process
+against the SAME five ` + "`redis-server`" + ` processes, which the bench module's TestMain
+starts on free 127.0.0.1 ports (` + "`--save \"\" --appendonly no`" + `, temp dirs, killed at the
+end). Both libraries get the same settings:
+
+| setting | redlock (ours) | redsync v4.18.1 (redigo driver) |
+|---|---|---|
+| nodes | 5 × ` + "`redlock.Addr`" + ` | 5 × ` + "`redigo.NewPool(&redis.Pool{...})`" + ` |
+| connections per node | 64 (` + "`DefaultPoolSize`" + `) | ` + "`MaxIdle: 64, MaxActive: 64, Wait: true`" + ` |
+| per-node timeout | ` + "`WithNodeTimeout(500ms)`" + ` | redigo connect/read/write timeout 500ms |
+| TTL | 8s | ` + "`WithExpiry(8s)`" + ` (its default) |
+| attempts (a, b) | ` + "`WithRetryCount(1)`" + ` | ` + "`WithTries(1)`" + ` |
+| waiter (c) | ` + "`WithRetryCount(1<<20)`" + `, default delay (100–300ms) | ` + "`WithTries(1<<20)`" + `, default delay (50–250ms) |
+| scripts | ` + "`LoadScripts`" + ` first | loaded on first NOSCRIPT |
+
+Each run warms the client up first (a few cycles at the run's parallelism), then
+times only the measured loop. Resource names are distinct and built before the
+timer starts.
+
+- **a. cycle** (` + "`BenchmarkCycle/{lib}/{p1,p64}`" + `): Lock+Unlock on a new resource per op,
+  by 1 goroutine and by 64. cycles/s is ops over wall time; p50/p99 are per-cycle
+  latencies; allocs/op and B/op come from ` + "`-benchmem`" + `.
+- **b. one node paused** (` + "`BenchmarkPausedNode/{lib}/{p1,p16}`" + `): the same cycles while one
+  of the five servers is stopped with SIGSTOP for the whole measured loop (the
+  kernel still accepts connections and buffers requests; nothing answers).
+  success % counts cycles whose Lock and Unlock both succeeded; peak goroutines
+  is the highest ` + "`runtime.NumGoroutine()`" + ` above the count before the loop (the
+  workers included), sampled every 2ms; peak conns is the highest number of
+  established TCP connections to the paused server's port, read from
+  ` + "`/proc/net/tcp`" + ` every 50ms (the same count for both libraries). The loop's
+  length comes from ` + "`-benchtime`" + ` (time, not a fixed count), because every redsync
+  cycle waits for the paused node: a fixed 200 cycles at p=1 would take more
+  than three minutes per run.
+- **c. handoff** (` + "`BenchmarkHandoff/{lib}`" + `): a holder client takes a resource; a waiter
+  client blocks in Lock on it; after 10–50ms (uniform) the holder unlocks. The
+  handoff latency is the time from the holder's Unlock returning to the
+  waiter's Lock returning. ns/op is the whole op (hold included); p50/p99 are the
+  handoff.
+- **d. ceiling** (` + "`BenchmarkCeiling`" + `): redlock's own acquire and release scripts sent as
+  raw EVALSHA (one key each) to all five servers at once over redigo pipelines
+  (2 connections per node, 128 pairs = 256 commands per flush), no lock logic.
+  One op is one pair on every node, the server work of one lock cycle, so
+  pairs/s is R; no Redlock client on this machine can exceed R cycles/s.
+
+Profile ours, for example:
+
+` + "```" + `
+cd bench && go test -run '^$' -bench 'Cycle/redlock/p64' -benchtime 5s -cpuprofile cpu.out
+go tool pprof -top bench.test cpu.out
+` + "```" + `
+`

@@ -1,0 +1,82 @@
+package bench
+
+import (
+	"fmt"
+	"testing"
+	"time"
+)
+
+// BenchmarkCycle is scenario a: uncontended Lock+Unlock cycles, each on a
+// new resource, one attempt per Lock, all five nodes up; by one goroutine
+// (p1) and by 64 (p64). One op is one cycle.
+func BenchmarkCycle(b *testing.B) {
+	for _, lib := range contenders {
+		for _, par := range []int{1, 64} {
+			b.Run(fmt.Sprintf("%s/p%d", lib.name, par), func(b *testing.B) {
+				c := lib.open(b, 1)
+				defer c.close()
+				warm(b, c, par)
+				names := resourceNames("cycle", b.N)
+				b.ReportAllocs()
+				r := runCycles(b, c, par, names)
+				if r.fails > 0 {
+					b.Errorf("%d of %d cycles failed with every node up; first: %v", r.fails, b.N, r.firstErr)
+				}
+				reportCycles(b, r)
+			})
+		}
+	}
+}
+
+// pausedNode is the node scenario b stops with SIGSTOP.
+const pausedNode = nodeCount - 1
+
+// BenchmarkPausedNode is scenario b: the cycles of scenario a with one of
+// the five nodes paused (SIGSTOP) for the whole measurement, by 1 and 16
+// goroutines. Besides throughput and latency it reports the success rate,
+// the peak number of goroutines above the count before the run (the
+// workers included) and the peak number of established connections to the
+// paused node. redsync-failfast (WithFailFast(true), not redsync's default)
+// runs too, for information.
+func BenchmarkPausedNode(b *testing.B) {
+	for _, lib := range append(contenders[:len(contenders):len(contenders)], redsyncFailFast) {
+		for _, par := range []int{1, 16} {
+			b.Run(fmt.Sprintf("%s/p%d", lib.name, par), func(b *testing.B) {
+				c := lib.open(b, 1)
+				defer c.close()
+				warm(b, c, par)
+				names := resourceNames("paused", b.N)
+				s := servers[pausedNode]
+				if err := s.pause(); err != nil {
+					b.Fatalf("SIGSTOP: %v", err)
+				}
+				resumed := false
+				resume := func() {
+					if !resumed {
+						resumed = true
+						if err := s.resume(); err != nil {
+							b.Fatalf("SIGCONT: %v", err)
+						}
+						// Let it answer again before the next run warms up.
+						if err := s.waitReady(10 * time.Second); err != nil {
+							b.Fatalf("after SIGCONT: %v", err)
+						}
+					}
+				}
+				defer resume()
+				b.ReportAllocs()
+				peaks := samplePeaks(s.port)
+				r := runCycles(b, c, par, names)
+				peaks.stopSampling()
+				resume()
+				if peaks.connErr != nil {
+					b.Logf("counting connections: %v", peaks.connErr)
+				}
+				reportCycles(b, r)
+				b.ReportMetric(100*float64(int64(b.N)-r.fails)/float64(b.N), "success-%")
+				b.ReportMetric(float64(peaks.goroutines), "peak-goroutines")
+				b.ReportMetric(float64(peaks.conns), "peak-conns")
+			})
+		}
+	}
+}
