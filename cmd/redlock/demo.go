@@ -75,7 +75,7 @@ redis-server); 130 interrupted.`,
 		fs.DurationVar(&o.duration, "duration", 8*time.Second, "how long the workers run")
 		fs.DurationVar(&o.ttl, "ttl", 2*time.Second, "lock time to live")
 		fs.DurationVar(&o.hold, "hold", 60*time.Millisecond, "average time in the critical section")
-		fs.DurationVar(&o.nodeTimeout, "node-timeout", 200*time.Millisecond, "bound on each command sent to one node")
+		fs.DurationVar(&o.nodeTimeout, "node-timeout", redlock.DefaultNodeTimeout, "bound on each command sent to one node")
 		fs.BoolVar(&o.quiet, "quiet", false, "print only node events and the final table")
 		return o
 	},

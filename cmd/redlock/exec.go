@@ -91,7 +91,7 @@ func runExec(a *app, ctx context.Context, c *command, opts any, args []string) i
 	case len(args) == 0:
 		return a.usageError(c, "missing RESOURCE and CMD")
 	case len(args) == 1:
-		return a.usageError(c, "missing CMD after RESOURCE "+fmt.Sprintf("%q", args[0]))
+		return a.usageError(c, fmt.Sprintf("missing CMD after RESOURCE %q", args[0]))
 	case o.ttl <= 0:
 		return a.usageError(c, "--ttl must be positive")
 	case o.grace < 0:

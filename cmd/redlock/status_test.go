@@ -16,7 +16,7 @@ func TestStatusExitCodesFollowTheLock(t *testing.T) {
 	dir := t.TempDir()
 	tokenFile := filepath.Join(dir, "token")
 	holder := startCLI(t, nil, "exec", "--instances", inst, "--ttl", "5s", "job", "--",
-		"sh", "-c", `printf %s "$REDLOCK_TOKEN" > "$1.tmp" && mv "$1.tmp" "$1"; sleep 2`, "sh", tokenFile)
+		"sh", "-c", `printf %s "$REDLOCK_TOKEN" > "$1.tmp" && mv "$1.tmp" "$1"; sleep 3`, "sh", tokenFile)
 	token := waitForFile(t, tokenFile, "", 10*time.Second)
 
 	// Flags after RESOURCE work too.
