@@ -170,10 +170,10 @@ func (a *app) acquire(ctx context.Context, c *command, m *redlock.Manager, o *ex
 	} else {
 		wctx, cancel = context.WithCancel(ctx)
 	}
-	// Lock returns once a quorum agreed; the other nodes' acquire commands
-	// still run under wctx. Cancelling it at once would leave the lock on a
-	// bare quorum, so it is cancelled only after they had their node
-	// timeout.
+	// Lock returns once a quorum agreed, while the other nodes' acquire
+	// commands may still be in flight under wctx. Cancelling it at once
+	// could abort them and leave the lock on a bare quorum, so it is
+	// cancelled only after they had their node timeout.
 	defer time.AfterFunc(2*o.nodeTimeout, cancel)
 	type result struct {
 		lock *redlock.Lock
