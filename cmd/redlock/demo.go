@@ -307,20 +307,22 @@ func (w *demoWorker) run(ctx context.Context) {
 			w.log.printf("worker %d: the lock's validity ran out inside the section", w.id+1)
 		}
 
+		// Logged before Unlock, so that the next holder's line comes after.
+		if !w.o.quiet {
+			w.log.printf("worker %d releases", w.id+1)
+		}
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*w.o.nodeTimeout)
 		err := lock.Unlock(uctx)
 		cancel()
 		var qe *redlock.QuorumError
 		switch {
-		case w.o.quiet:
-		case err == nil:
-			w.log.printf("worker %d released", w.id+1)
+		case w.o.quiet, err == nil:
 		case errors.As(err, &qe):
 			// E.g. the lock was on 3 nodes, one of which went down since.
-			w.log.printf("worker %d released; only %d of %d nodes confirmed, its other keys expire within %v",
+			w.log.printf("worker %d: unlock confirmed by only %d of %d nodes; its other keys expire within %v",
 				w.id+1, qe.Votes, qe.Needed, w.o.ttl)
 		default:
-			w.log.printf("worker %d released: %v", w.id+1, err)
+			w.log.printf("worker %d: unlock: %v", w.id+1, err)
 		}
 		if !sleepCtx(ctx, jitter(w.o.hold/2, w.o.hold)) { // let the others have a go
 			return

@@ -35,7 +35,7 @@ func checkDemoTable(t *testing.T, run *cliRun) {
 	if !strings.Contains(out, ", 0 out of order") || !strings.Contains(out, "handoff latency p99") {
 		t.Fatalf("the table lacks the fencing or handoff rows:\n%s", out)
 	}
-	for _, event := range []string{"acquired (fence", "released", "NODE 3 DOWN", "NODE 3 BACK"} {
+	for _, event := range []string{"acquired (fence", "releases", "NODE 3 DOWN", "NODE 3 BACK"} {
 		if !strings.Contains(run.stderr.String(), event) {
 			t.Fatalf("the live log lacks %q:\n%s", event, &run.stderr)
 		}
