@@ -62,9 +62,10 @@ type Sentinel struct {
 	SentinelPassword string      // password for the sentinels; never printed
 	TLS              *tls.Config // nil: plain TCP; otherwise TLS to sentinels and master
 
-	// DialTimeout bounds each dial and each command sent to a sentinel, and
-	// each dial of the master; default DefaultDialTimeout. A sentinel that
-	// does not answer costs at most this much once: it is then asked last.
+	// DialTimeout bounds dialling one connection to the master, all
+	// included: asking the sentinels in turn, dialling the master, AUTH,
+	// SELECT and ROLE; default DefaultDialTimeout. A sentinel that does not
+	// answer is asked last the next time.
 	DialTimeout time.Duration
 	PoolSize    int // most open connections to the master; default DefaultPoolSize
 
@@ -138,20 +139,7 @@ func (s Sentinel) newNode() (*node, error) {
 	}
 	name := s.String()
 	sn := &sentinelNode{
-		name: name,
-		snt: &sentinel.Sentinel{
-			Addrs:      append([]string(nil), s.Addrs...),
-			MasterName: s.Master,
-			// The Sentinel client guidelines: a sentinel dial always has a
-			// timeout. Read and write timeouts bound each query.
-			Dial: func(addr string) (redis.Conn, error) {
-				return redis.Dial("tcp", addr, append(tlsOpts(),
-					redis.DialConnectTimeout(timeout),
-					redis.DialReadTimeout(timeout),
-					redis.DialWriteTimeout(timeout),
-					redis.DialPassword(s.SentinelPassword))...)
-			},
-		},
+		name:     name,
 		discover: make(chan struct{}, 1),
 		timeout:  timeout,
 		masterOpts: append(tlsOpts(),
@@ -160,11 +148,40 @@ func (s Sentinel) newNode() (*node, error) {
 			redis.DialUsername(s.Username),
 			redis.DialPassword(s.Password)),
 	}
+	// The Sentinel client guidelines: a sentinel dial always has a timeout.
+	// Every query dials afresh (discovery only runs when a connection to the
+	// master is dialled). Its connect, read and write timeouts are the
+	// sentinel's fair share of what is left of the discovery's deadline, so
+	// that asking every sentinel in turn stays within one DialTimeout and a
+	// hung sentinel never leaves the next ones without time.
+	dialSentinel := func(addr string) (redis.Conn, error) {
+		left := int64(len(s.Addrs)) - sn.asked.Add(1) + 1
+		d := min(timeout, time.Until(time.Unix(0, sn.deadline.Load()))/time.Duration(max(left, 1)))
+		if d <= 0 {
+			return nil, errDiscoveryTimeout
+		}
+		return redis.Dial("tcp", addr, append(tlsOpts(),
+			redis.DialConnectTimeout(d),
+			redis.DialReadTimeout(d),
+			redis.DialWriteTimeout(d),
+			redis.DialTLSHandshakeTimeout(d),
+			redis.DialPassword(s.SentinelPassword))...)
+	}
+	sn.snt = &sentinel.Sentinel{
+		Addrs:      append([]string(nil), s.Addrs...),
+		MasterName: s.Master,
+		Pool: func(addr string) *redis.Pool {
+			return &redis.Pool{Dial: func() (redis.Conn, error) { return dialSentinel(addr) }, MaxIdle: 0}
+		},
+	}
 	pool := newRedisPool(s.PoolSize, 0, sn.dial)
 	pool.TestOnBorrowContext = sn.dropStale(pool.TestOnBorrowContext)
 	watch := &sentinelWatch{name: name, acks: s.MinReplicaAcks, ackTimeout: orDefault(s.ReplicaAckTimeout, DefaultReplicaAckTimeout)}
 	return &node{name: name, pool: pool, owned: true, close: sn.snt.Close, sentinel: watch}, nil
 }
+
+// errDiscoveryTimeout fails a sentinel dial once the discovery's time is up.
+var errDiscoveryTimeout = errors.New("redlock: no time left to ask the sentinels")
 
 // errStaleMaster makes the pool drop an idle connection dialled before the
 // node noticed that its master moved.
@@ -177,6 +194,8 @@ type sentinelNode struct {
 	discover   chan struct{}      // one MasterAddr at a time (it is not safe for concurrent use)
 	timeout    time.Duration      // dial timeout
 	masterOpts []redis.DialOption
+	deadline   atomic.Int64 // unix nanos: end of the discovery in progress
+	asked      atomic.Int64 // sentinels dialled in the discovery in progress
 
 	// gen counts the failovers noticed. A connection carries the gen it was
 	// dialled in; the pool discards idle connections of an older gen.
@@ -225,6 +244,12 @@ func (sn *sentinelNode) masterAddr(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("redlock: sentinel %s: waiting to ask the sentinels: %w", sn.name, ctx.Err())
 	}
 	defer func() { <-sn.discover }()
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(sn.timeout)
+	}
+	sn.deadline.Store(deadline.UnixNano())
+	sn.asked.Store(0)
 	addr, err := sn.snt.MasterAddr()
 	if err != nil {
 		return "", fmt.Errorf("redlock: sentinel %s: %w", sn.name, err)

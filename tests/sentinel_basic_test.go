@@ -45,15 +45,21 @@ func sentinelOf(g *harness.SentinelGroup) redlock.Sentinel {
 	return redlock.Sentinel{Addrs: g.SentinelAddrs(), Master: g.Name, Password: g.Options.Password, SentinelPassword: g.Options.SentinelPassword}
 }
 
-// sentinelGet reads key in db on srv directly.
-func sentinelGet(t testing.TB, srv *harness.Server, db int, key string) (string, bool) {
+// sentinelDo sends one command to db on srv directly.
+func sentinelDo(t testing.TB, srv *harness.Server, db int, cmd string, args ...interface{}) (interface{}, error) {
 	t.Helper()
 	c, err := srv.Dial()
 	require.NoError(t, err, "dial %s", srv)
 	defer c.Close()
 	_, err = c.Do("SELECT", db)
 	require.NoError(t, err)
-	v, err := redis.String(c.Do("GET", key))
+	return c.Do(cmd, args...)
+}
+
+// sentinelGet reads key in db on srv directly.
+func sentinelGet(t testing.TB, srv *harness.Server, db int, key string) (string, bool) {
+	t.Helper()
+	v, err := redis.String(sentinelDo(t, srv, db, "GET", key))
 	if errors.Is(err, redis.ErrNil) {
 		return "", false
 	}
@@ -64,13 +70,8 @@ func sentinelGet(t testing.TB, srv *harness.Server, db int, key string) (string,
 // sentinelPTTL returns the PTTL of key in db on srv.
 func sentinelPTTL(t testing.TB, srv *harness.Server, db int, key string) int64 {
 	t.Helper()
-	c, err := srv.Dial()
-	require.NoError(t, err, "dial %s", srv)
-	defer c.Close()
-	_, err = c.Do("SELECT", db)
-	require.NoError(t, err)
-	n, err := redis.Int64(c.Do("PTTL", key))
-	require.NoError(t, err)
+	n, err := redis.Int64(sentinelDo(t, srv, db, "PTTL", key))
+	require.NoError(t, err, "PTTL %s on %s", key, srv)
 	return n
 }
 
@@ -391,5 +392,38 @@ func TestSentinelTLS(t *testing.T) {
 	require.ErrorContains(t, err, "certificate")
 	require.NotContains(t, err.Error(), "tls-pw")
 	require.NoError(t, m.Close())
+	sentinelNoLeak(t, ignore)
+}
+
+// TestSentinelHungSentinelsDoNotBlockDiscovery lists two paused
+// (SIGSTOPped: they accept connections and never answer) Sentinels before a
+// live one. Discovery gives each Sentinel its share of DialTimeout, so the
+// first Lock succeeds in less than one DialTimeout, and Close returns
+// promptly.
+func TestSentinelHungSentinelsDoNotBlockDiscovery(t *testing.T) {
+	g := sentinelStart(t, "sentinel-hung", harness.SentinelOptions{DownAfter: 5 * time.Second})
+	ignore := goleak.IgnoreCurrent()
+	for _, s := range g.Sentinels[:2] {
+		require.NoError(t, s.Pause())
+		t.Cleanup(func() { s.Resume() })
+	}
+	const dialTimeout = 1500 * time.Millisecond
+	m, err := redlock.New([]redlock.Instance{redlock.Sentinel{Addrs: g.SentinelAddrs(), Master: g.Name, DialTimeout: dialTimeout}},
+		redlock.WithRetryCount(1), redlock.WithNodeTimeout(3*time.Second))
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	start := time.Now()
+	l, err := m.Lock(ctx, "sentinel-hung", 5*time.Second)
+	took := time.Since(start)
+	require.NoError(t, err, "the live Sentinel, listed last, must still be asked in time")
+	// Each Sentinel's share is a third of DialTimeout: a hung one costs 500ms,
+	// not the whole DialTimeout.
+	require.Less(t, took, dialTimeout, "discovery past two hung Sentinels took %v", took)
+	t.Logf("Lock past two hung Sentinels took %v", took.Round(time.Millisecond))
+	require.NoError(t, l.Unlock(ctx))
+	start = time.Now()
+	require.NoError(t, m.Close())
+	require.Less(t, time.Since(start), time.Second, "Close must not wait for the hung Sentinels")
 	sentinelNoLeak(t, ignore)
 }
