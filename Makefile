@@ -12,7 +12,9 @@ export GOWORK
 
 # Modules besides the root: tests/ always; bench/ and cmd/ when they have
 # their own go.mod.
-SUBMODULES := $(patsubst %/go.mod,%,$(wildcard tests/go.mod bench/go.mod cmd/go.mod))
+SUBMODULES := $(patsubst %/go.mod,%,$(wildcard tests/go.mod bench/go.mod cmd/redlock/go.mod))
+# Modules with tests to run (bench/ holds benchmarks only: see make bench).
+TESTMODULES := $(filter-out bench,$(SUBMODULES))
 
 # All Go files that gofmt must accept (testdata is not Go to the go tool).
 GOFILES = $(shell find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*' -not -path '*/vendor/*')
@@ -25,8 +27,10 @@ test:
 	@status=0; \
 	echo "== go test $(TESTFLAGS) ./...   (module github.com/redlock-go/redlock)"; \
 	$(GO) test $(TESTFLAGS) ./... || status=1; \
-	echo "== cd tests && go test $(TESTFLAGS) ./...   (integration tests)"; \
-	(cd tests && $(GO) test $(TESTFLAGS) ./...) || status=1; \
+	for m in $(TESTMODULES); do \
+		echo "== cd $$m && go test $(TESTFLAGS) ./..."; \
+		(cd $$m && $(GO) test $(TESTFLAGS) ./...) || status=1; \
+	done; \
 	if [ $$status -ne 0 ]; then echo "make test: FAIL"; else echo "make test: ok"; fi; \
 	exit $$status
 
@@ -53,7 +57,7 @@ check:
 
 ## demo: a Redlock demo on five embedded servers
 demo:
-	$(GO) run ./cmd/redlock demo
+	GOWORK= $(GO) run ./cmd/redlock demo
 
 ## bench: redlock vs redsync on five local redis-servers, one run (~10 min): prints the table, writes docs/benchmarks.md
 ## (BENCHFLAGS=... overrides "-benchtime 5s -count 5"; e.g. BENCHFLAGS="-benchtime 1x -count 1" checks it all runs)

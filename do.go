@@ -32,6 +32,25 @@ func (m *Manager) Do(ctx context.Context, resource string, ttl time.Duration, fn
 	return m.hold(ctx, l, fn)
 }
 
+// Hold is Do for a lock already held: it runs fn while keeping l alive
+// (extending it every third of its ttl and cancelling fn's ctx with cause
+// ErrLockLost when it is lost) and releases l when fn returns or panics.
+// Use it when the wait for the lock and the work need different contexts
+// (e.g. "wait at most 30s, then work as long as it takes"). Errors as Do;
+// a nil lock or fn, or a lock of another Manager, is ErrInvalidArgument
+// (and l is then left as it is).
+func (m *Manager) Hold(ctx context.Context, l *Lock, fn func(ctx context.Context) error) error {
+	switch {
+	case l == nil:
+		return invalidf("nil lock")
+	case fn == nil:
+		return invalidf("nil function")
+	case l.m != m:
+		return invalidf("lock belongs to another Manager")
+	}
+	return m.hold(ctx, l, fn)
+}
+
 // hold runs fn with l kept alive, then releases l.
 func (m *Manager) hold(ctx context.Context, l *Lock, fn func(ctx context.Context) error) (err error) {
 	fctx, cancel := context.WithCancelCause(ctx)

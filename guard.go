@@ -23,7 +23,8 @@ import (
 // and GetLock. It still receives every write, so when the quarantine ends
 // it holds the current locks. A node seen for the first time is trusted.
 //
-// Limits: locks taken by other processes with a longer ttl than this
+// Limits: a node that refuses INFO (an ACL user without +info) or reports
+// no run_id is not watched; locks taken by other processes with a longer ttl than this
 // Manager's are not covered; nodes given as a caller-owned Pool are not
 // watched (redlock does not change a caller's pool).
 func WithRestartGuard(enabled bool) Option { return func(c *config) { c.restartGuard = enabled } }
@@ -65,6 +66,10 @@ func (n *node) watch(maxTTL func() time.Duration) {
 // when it changed.
 func (g *restartGuard) observe(ctx context.Context, c redis.Conn) error {
 	info, err := redis.String(redis.DoContext(c, ctx, "INFO", "server"))
+	var refused redis.Error
+	if errors.As(err, &refused) {
+		return nil // e.g. an ACL user without +info: nothing to watch
+	}
 	if err != nil {
 		return err
 	}

@@ -226,9 +226,15 @@ func (mc *muxConn) writeLoop() {
 	var batch []*call
 	for {
 		<-mc.wake
-		// Let the other callers of this moment queue too: one write for
-		// many commands is the point of the mux.
-		runtime.Gosched()
+		mc.mu.Lock()
+		busy := len(mc.pending) > 0
+		mc.mu.Unlock()
+		if busy {
+			// Commands in flight: let the other callers of this moment
+			// queue too, so that one write carries many commands. (Idle:
+			// send at once, for the lowest latency.)
+			runtime.Gosched()
+		}
 		mc.mu.Lock()
 		if mc.broken != nil {
 			mc.mu.Unlock()
@@ -277,12 +283,16 @@ func (mc *muxConn) readLoop() {
 		mc.pending[0] = nil
 		mc.pending = mc.pending[1:]
 		mc.mu.Unlock()
-		cl.reply, cl.err = reply, err
-		cl.done <- struct{}{}
 		if err != nil && cannotWrite(rerr) {
+			// Break the connection before the caller sees the reply, so
+			// that its retry dials again (and asks Sentinel anew).
 			mc.fail(fmt.Errorf("redlock: node cannot take writes: %w", rerr))
+			cl.reply, cl.err = reply, err
+			cl.done <- struct{}{}
 			return
 		}
+		cl.reply, cl.err = reply, err
+		cl.done <- struct{}{}
 	}
 }
 

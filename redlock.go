@@ -135,6 +135,7 @@ type Manager struct {
 
 	base       context.Context // for background dials; cancelled by Close
 	cancelBase context.CancelFunc
+	notify     *notifier // wakes Lock calls waiting for a release
 }
 
 // noteTTL records ttl for the restart guard's quarantine length.
@@ -194,6 +195,7 @@ func New(instances []Instance, opts ...Option) (*Manager, error) {
 		}
 		m.nodes = append(m.nodes, n)
 	}
+	m.notify = newNotifier(m.base, m.nodes)
 	return m, nil
 }
 
@@ -230,6 +232,9 @@ func (m *Manager) Close() error {
 
 func (m *Manager) shutdownNodes() error {
 	m.cancelBase()
+	if m.notify != nil {
+		m.notify.close()
+	}
 	var errs []error
 	for _, n := range m.nodes {
 		errs = append(errs, n.shutdown())
@@ -339,6 +344,12 @@ func (m *Manager) LockMulti(ctx context.Context, resources []string, ttl time.Du
 	m.noteTTL(ttl)
 	var last *QuorumError
 	token := o.token
+	var w *waiter // set once the resource was found held by another
+	defer func() {
+		if w != nil {
+			w.done()
+		}
+	}()
 	for attempt := 1; ; attempt++ {
 		l, qe, r := m.tryLock(ctx, keys, token, ttl)
 		if qe == nil {
@@ -348,7 +359,22 @@ func (m *Manager) LockMulti(ctx context.Context, resources []string, ttl time.Du
 		if attempt >= m.cfg.retryCount || ctx.Err() != nil {
 			break
 		}
-		if !m.sleep(ctx, m.retryDelay()) {
+		delay := m.retryDelay()
+		if w == nil && errors.Is(qe, ErrLocked) {
+			// Contention: listen for the holder's release, then retry at
+			// once, so that a release between the attempt and the
+			// subscription is not missed.
+			w = m.notify.wait(keys)
+			if !m.sleep(ctx, m.cfg.nodeTimeout, w.ready) {
+				break
+			}
+			delay = 0
+		}
+		var wake chan struct{}
+		if w != nil {
+			wake = w.wake
+		}
+		if delay > 0 && !m.sleep(ctx, delay, wake) {
 			break
 		}
 		// The failed attempt is still releasing its token in the background
@@ -416,12 +442,15 @@ func (m *Manager) retryDelay() time.Duration {
 	return lo + mrand.N(hi-lo+1)
 }
 
-// sleep waits d; it returns false if ctx ended or the Manager is closing.
-func (m *Manager) sleep(ctx context.Context, d time.Duration) bool {
+// sleep waits d or until wake fires; it returns false if ctx ended or the
+// Manager is closing first.
+func (m *Manager) sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()
 	select {
 	case <-t.C:
+		return true
+	case <-wake:
 		return true
 	case <-ctx.Done():
 		return false
@@ -765,6 +794,59 @@ func (m *Manager) inspect(ctx context.Context, resource string, want func(holder
 		}
 		return nodeVote{ok: want(holder), holder: holder, pttl: pttl}
 	}, nil)
+}
+
+// NodeState is what one node says about a resource (see Inspect).
+type NodeState struct {
+	Node   string        // the node's address, password redacted
+	Holder string        // the token stored in the key; "" when free
+	TTL    time.Duration // remaining time to live; -1 without expiry; 0 when free
+	Err    error         // the node could not be asked; the other fields are zero
+}
+
+// Inspect asks every node, at once and each within the node timeout, who
+// holds resource and for how long: for status pages and the CLI. It waits
+// for every node (unlike the locking calls, which stop at the quorum) and
+// changes nothing. Only invalid input is an error.
+func (m *Manager) Inspect(ctx context.Context, resource string) ([]NodeState, error) {
+	if _, err := m.checkCall([]string{resource}, time.Millisecond); err != nil {
+		return nil, err
+	}
+	if err := m.enter(); err != nil {
+		return nil, err
+	}
+	defer m.wg.Done()
+	out := make([]NodeState, len(m.nodes))
+	var wg sync.WaitGroup
+	for i, n := range m.nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			nctx, cancel := context.WithTimeout(ctx, m.cfg.nodeTimeout)
+			defer cancel()
+			st := NodeState{Node: n.name}
+			st.Err = n.do(nctx, func(c redis.Conn) error {
+				reply, err := evalInspect(nctx, c, resource)
+				if err != nil {
+					return err
+				}
+				holder, pttl, err := decodeInspect(reply)
+				switch {
+				case err != nil:
+					return err
+				case pttl == -1:
+					st.TTL = -1
+				case pttl > 0:
+					st.TTL = time.Duration(pttl) * time.Millisecond
+				}
+				st.Holder = holder
+				return nil
+			})
+			out[i] = st
+		}()
+	}
+	wg.Wait()
+	return out, nil
 }
 
 // IsLocked reports whether a quorum of nodes holds resource, whoever the

@@ -183,15 +183,16 @@ func evalInspect(ctx context.Context, c redis.Conn, key string) ([]interface{}, 
 }
 
 // releaseSource is lua/release.lua, byte for byte.
-const releaseSource = `-- release: delete the lock keys that hold the token and leave every other key alone.
+const releaseSource = `-- release: delete the lock keys that hold the token, leave every other key alone, and announce each deletion.
 -- KEYS[1..n] keys: the lock keys, one per resource
 -- ARGV[1] token string: the lock's token
--- returns: n the number of keys deleted; equal to the number of KEYS when the token held them all, 0 when it held none
+-- returns: n the number of keys deleted; equal to the number of KEYS when the token held them all, 0 when it held none; each deleted key is published on channel "redlock:released:<key>" so that waiters retry at once
 local token = ARGV[1]
 local deleted = 0
 for i = 1, #KEYS do
   if redis.call('GET', KEYS[i]) == token then
     redis.call('DEL', KEYS[i])
+    redis.call('PUBLISH', 'redlock:released:' .. KEYS[i], '1')
     deleted = deleted + 1
   end
 end
@@ -199,15 +200,15 @@ return deleted
 `
 
 // releaseSHA1 is the SHA1 digest of releaseSource, as EVALSHA wants it.
-const releaseSHA1 = "26103e2e012fc33e95d89b44ef47da7293112c08"
+const releaseSHA1 = "0ab413943d9315181ad188c231988fb76e885b53"
 
 // releaseScript describes lua/release.lua.
 var releaseScript = luaScript{name: "release", source: releaseSource, sha1: releaseSHA1, keyCount: -1}
 
-// evalRelease runs lua/release.lua with EVALSHA (EVAL after NOSCRIPT): delete the lock keys that hold the token and leave every other key alone.
+// evalRelease runs lua/release.lua with EVALSHA (EVAL after NOSCRIPT): delete the lock keys that hold the token, leave every other key alone, and announce each deletion.
 //   - KEYS[1..n] keys: the lock keys, one per resource
 //   - ARGV[1] token: the lock's token
-//   - returns n the number of keys deleted; equal to the number of KEYS when the token held them all, 0 when it held none
+//   - returns n the number of keys deleted; equal to the number of KEYS when the token held them all, 0 when it held none; each deleted key is published on channel "redlock:released:<key>" so that waiters retry at once
 func evalRelease(ctx context.Context, c redis.Conn, keys []string, token string) (int64, error) {
 	return redis.Int64(evalScript(ctx, c, &releaseScript, keys, token))
 }
@@ -272,12 +273,12 @@ var scriptRegistry = []Script{
 	{
 		Name:     "release",
 		File:     "lua/release.lua",
-		Summary:  "delete the lock keys that hold the token and leave every other key alone.",
+		Summary:  "delete the lock keys that hold the token, leave every other key alone, and announce each deletion.",
 		Source:   releaseSource,
 		SHA1:     releaseSHA1,
 		KeyCount: -1,
 		Keys:     []string{"KEYS[1..n] keys: the lock keys, one per resource"},
 		Args:     []string{"ARGV[1] token string: the lock's token"},
-		Returns:  []string{"n the number of keys deleted; equal to the number of KEYS when the token held them all, 0 when it held none"},
+		Returns:  []string{"n the number of keys deleted; equal to the number of KEYS when the token held them all, 0 when it held none; each deleted key is published on channel \"redlock:released:<key>\" so that waiters retry at once"},
 	},
 }
