@@ -137,9 +137,7 @@ func (s Sentinel) newNode() (*node, error) {
 		// redigo clones the config and fills ServerName from the address.
 		return []redis.DialOption{redis.DialUseTLS(true), redis.DialTLSConfig(s.TLS), redis.DialTLSHandshakeTimeout(timeout)}
 	}
-	name := s.String()
 	sn := &sentinelNode{
-		name:     name,
 		discover: make(chan struct{}, 1),
 		timeout:  timeout,
 		masterOpts: append(tlsOpts(),
@@ -176,8 +174,8 @@ func (s Sentinel) newNode() (*node, error) {
 	}
 	pool := newRedisPool(s.PoolSize, 0, sn.dial)
 	pool.TestOnBorrowContext = sn.dropStale(pool.TestOnBorrowContext)
-	watch := &sentinelWatch{name: name, acks: s.MinReplicaAcks, ackTimeout: orDefault(s.ReplicaAckTimeout, DefaultReplicaAckTimeout)}
-	return &node{name: name, pool: pool, owned: true, close: sn.snt.Close, sentinel: watch}, nil
+	watch := &sentinelWatch{acks: s.MinReplicaAcks, ackTimeout: orDefault(s.ReplicaAckTimeout, DefaultReplicaAckTimeout)}
+	return &node{name: s.String(), pool: pool, owned: true, close: sn.snt.Close, sentinel: watch}, nil
 }
 
 // errDiscoveryTimeout fails a sentinel dial once the discovery's time is up.
@@ -189,7 +187,6 @@ var errStaleMaster = errors.New("redlock: connection to a former master")
 
 // sentinelNode discovers and dials the master of one Sentinel group.
 type sentinelNode struct {
-	name       string             // Sentinel.String(): no password
 	snt        *sentinel.Sentinel // asked for the master's address
 	discover   chan struct{}      // one MasterAddr at a time (it is not safe for concurrent use)
 	timeout    time.Duration      // dial timeout
@@ -212,13 +209,17 @@ func (sn *sentinelNode) dial(ctx context.Context) (redis.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := redis.DialContext(ctx, "tcp", addr, sn.masterOpts...)
+	opts := sn.masterOpts
+	if deadline, ok := ctx.Deadline(); ok { // the TLS handshake ignores ctx
+		opts = append(opts[:len(opts):len(opts)], redis.DialTLSHandshakeTimeout(max(time.Until(deadline), time.Millisecond)))
+	}
+	c, err := redis.DialContext(ctx, "tcp", addr, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("redlock: sentinel %s: master %s: %w", sn.name, addr, err)
+		return nil, fmt.Errorf("redlock: master %s named by the sentinels: %w", addr, err)
 	}
 	if !sentinel.TestRole(ctxConn{Conn: c, ctx: ctx}, "master") {
 		c.Close()
-		return nil, fmt.Errorf("%w: sentinel %s: %s does not answer ROLE as a master (failover in progress?)", ErrUnavailable, sn.name, addr)
+		return nil, fmt.Errorf("%w: %s, named master by the sentinels, does not answer ROLE as a master (failover in progress?)", ErrUnavailable, addr)
 	}
 	return &sentinelConn{Conn: c, sn: sn, gen: gen, addr: addr}, nil
 }
@@ -241,7 +242,7 @@ func (sn *sentinelNode) masterAddr(ctx context.Context) (string, error) {
 	select {
 	case sn.discover <- struct{}{}:
 	case <-ctx.Done():
-		return "", fmt.Errorf("redlock: sentinel %s: waiting to ask the sentinels: %w", sn.name, ctx.Err())
+		return "", fmt.Errorf("redlock: waiting to ask the sentinels for the master: %w", ctx.Err())
 	}
 	defer func() { <-sn.discover }()
 	deadline, ok := ctx.Deadline()
@@ -252,7 +253,7 @@ func (sn *sentinelNode) masterAddr(ctx context.Context) (string, error) {
 	sn.asked.Store(0)
 	addr, err := sn.snt.MasterAddr()
 	if err != nil {
-		return "", fmt.Errorf("redlock: sentinel %s: %w", sn.name, err)
+		return "", fmt.Errorf("redlock: asking the sentinels for the master: %w", err)
 	}
 	return addr, nil
 }
@@ -304,7 +305,7 @@ func (c *sentinelConn) observe(err error) {
 	if isFailoverReply(err) {
 		c.mu.Lock()
 		if c.lost == nil {
-			c.lost = fmt.Errorf("redlock: sentinel %s: %s is no longer the master: %w", c.sn.name, c.addr, err)
+			c.lost = fmt.Errorf("redlock: %s is no longer the master: %w", c.addr, err)
 		}
 		c.mu.Unlock()
 	}
@@ -356,7 +357,6 @@ func (c *sentinelConn) ReceiveWithTimeout(timeout time.Duration) (interface{}, e
 // transport has dropped the connection by then, so the retry dials the
 // master the sentinels name now. Every redlock script is safe to repeat.
 type sentinelWatch struct {
-	name       string        // the node's name, for errors
 	acks       int           // MinReplicaAcks; 0: no WAIT
 	ackTimeout time.Duration // WAIT timeout
 }
@@ -454,11 +454,11 @@ func (c *watchConn) awaitReplicas(ctx context.Context, args []interface{}, reply
 	n, err := redis.Int(redis.DoContext(c.Conn, ctx, "WAIT", c.w.acks, ms))
 	c.note(err)
 	if err != nil {
-		return nil, fmt.Errorf("redlock: sentinel %s: WAIT for replica acknowledgement: %w", c.w.name, err)
+		return nil, fmt.Errorf("redlock: WAIT for replica acknowledgement: %w", err)
 	}
 	if n < c.w.acks {
-		return nil, fmt.Errorf("%w: sentinel %s: %d of %d replicas acknowledged the write within %dms (MinReplicaAcks)",
-			ErrUnavailable, c.w.name, n, c.w.acks, ms)
+		return nil, fmt.Errorf("%w: %d of %d replicas acknowledged the write within %dms (MinReplicaAcks)",
+			ErrUnavailable, n, c.w.acks, ms)
 	}
 	return reply, nil
 }

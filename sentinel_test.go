@@ -274,7 +274,7 @@ func (c *fakeConn) Receive() (interface{}, error)                       { return
 // fakeSentinelNode is a node whose pool dials the given fake connections in
 // order, wrapped like real Sentinel connections, with the Sentinel hook.
 func fakeSentinelNode(t *testing.T, acks int, conns ...*fakeConn) (*node, *sentinelNode) {
-	sn := &sentinelNode{name: "fake"}
+	sn := &sentinelNode{}
 	dialled := 0
 	pool := newRedisPool(4, 0, func(context.Context) (redis.Conn, error) {
 		if dialled == len(conns) {
@@ -284,7 +284,7 @@ func fakeSentinelNode(t *testing.T, acks int, conns ...*fakeConn) (*node, *senti
 		return &sentinelConn{Conn: conns[dialled-1], sn: sn, gen: sn.gen.Load(), addr: fmt.Sprint("fake:", dialled)}, nil
 	})
 	pool.TestOnBorrowContext = sn.dropStale(pool.TestOnBorrowContext)
-	n := &node{name: "fake", pool: pool, owned: true, sentinel: &sentinelWatch{name: "fake", acks: acks, ackTimeout: 100 * time.Millisecond}}
+	n := &node{name: "fake", pool: pool, owned: true, sentinel: &sentinelWatch{acks: acks, ackTimeout: 100 * time.Millisecond}}
 	t.Cleanup(func() { n.shutdown() })
 	return n, sn
 }
@@ -356,7 +356,7 @@ func TestSentinelRetriesOnceOnNewMaster(t *testing.T) {
 // TestSentinelDropsIdleConnectionsOfFormerMaster: after one connection sees
 // the master go away, idle connections dialled before are not reused.
 func TestSentinelDropsIdleConnectionsOfFormerMaster(t *testing.T) {
-	sn := &sentinelNode{name: "fake"}
+	sn := &sentinelNode{}
 	test := sn.dropStale(func(context.Context, redis.Conn, time.Time) error { return nil })
 	a := &sentinelConn{Conn: &fakeConn{reply: func(string, []interface{}) (interface{}, error) { return nil, io.EOF }}, sn: sn}
 	b := &sentinelConn{Conn: &fakeConn{}, sn: sn}
