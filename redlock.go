@@ -612,7 +612,10 @@ func (m *Manager) fanoutAfter(ctx context.Context, guarded bool, after []*sentSi
 		go func() {
 			defer m.wg.Done()
 			defer r.done.Done()
-			nctx, cancel := context.WithTimeout(ctx, m.cfg.nodeTimeout)
+			// Not cancelled with the caller's ctx: a straggler still reaches
+			// its node (and a failed round's cleanup still runs), bounded
+			// by the node timeout. The caller stops waiting at once (below).
+			nctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.nodeTimeout)
 			var v nodeVote
 			if after != nil {
 				select {
@@ -651,7 +654,12 @@ func (m *Manager) fanoutAfter(ctx context.Context, guarded bool, after []*sentSi
 	}
 	failed := 0
 	for range m.nodes {
-		v := <-ch
+		var v nodeVote
+		select {
+		case v = <-ch:
+		case <-ctx.Done():
+			return r // the caller adds ctx.Err() to its error
+		}
 		r.votes = append(r.votes, v)
 		if v.ok {
 			r.ok++
@@ -906,7 +914,11 @@ func (m *Manager) GetLock(ctx context.Context, resource, token string) (*Lock, e
 				r.votes[i].err = ErrNotHeld
 			}
 		}
-		return nil, r.quorumError("get", resource, ErrNotHeld)
+		qe := r.quorumError("get", resource, ErrNotHeld)
+		if err := ctx.Err(); err != nil {
+			qe.extra = append(qe.extra, err)
+		}
+		return nil, qe
 	}
 	ttl := m.cfg.defaultTTL
 	var pttls []time.Duration

@@ -17,6 +17,12 @@ func TestInspectReportsEveryNode(t *testing.T) {
 	ctx := context.Background()
 	l, err := m.Lock(ctx, "inspected", 5*time.Second)
 	require.NoError(t, err)
+	// Lock returns at the quorum: the last node's acquire may still be on
+	// its way. It must land (the straggler is not cancelled).
+	harness.WaitFor(t, 2*time.Second, func() bool {
+		states, err := m.Inspect(ctx, "inspected")
+		return err == nil && states[0].Holder == l.Token() && states[1].Holder == l.Token() && states[2].Holder == l.Token()
+	}, "the lock never reached all three nodes")
 	require.NoError(t, servers[2].Kill())
 
 	states, err := m.Inspect(ctx, "inspected")

@@ -135,6 +135,12 @@ func splitBrainSetup(t *testing.T, servers []*harness.Server, holder *redlock.Ma
 	servers[2].Do(t, "SET", "job", "someone-else", "PX", 60000)
 	a, err := holder.Lock(ctx, "job", 20*time.Second)
 	require.NoError(t, err, "A takes the lock on nodes 0 and 1")
+	// Lock returned at the quorum; A's acquire on node 2 may still be on its
+	// way. Inspect waits for every node, and on each node it runs after A's
+	// acquire (one pipelined connection per node): after it, node 2 has
+	// refused A for good.
+	_, err = holder.Inspect(ctx, "job")
+	require.NoError(t, err)
 	servers[2].Do(t, "DEL", "job")
 
 	require.NoError(t, servers[0].Kill())
