@@ -147,6 +147,7 @@ type muxConn struct {
 	mu      sync.Mutex // protects the fields below
 	queue   []*call    // waiting to be written
 	pending []*call    // written, waiting for their reply, oldest first
+	pendBuf []*call    // the array under pending, reused once pending is empty
 	broken  error      // set once; then the connection is closed
 }
 
@@ -203,9 +204,6 @@ func (mc *muxConn) do(ctx context.Context, cmd string, args []interface{}) (inte
 	}
 	mc.queue = append(mc.queue, cl)
 	mc.mu.Unlock()
-	if sig, ok := ctx.Value(sentKey{}).(*sentSignal); ok {
-		sig.fire() // queued: whatever is queued later runs after it
-	}
 	select {
 	case mc.wake <- struct{}{}:
 	default:
@@ -224,6 +222,14 @@ func (mc *muxConn) do(ctx context.Context, cmd string, args []interface{}) (inte
 func (mc *muxConn) writeLoop() {
 	defer mc.m.wg.Done()
 	var batch []*call
+	type command struct {
+		cmd  string
+		args []interface{}
+	}
+	// The writer sends copies taken under mc.mu: once a call is in
+	// pending, fail or the reader may complete it and its caller may reuse
+	// it, so the writer must not read it after unlocking.
+	var out []command
 	for {
 		<-mc.wake
 		mc.mu.Lock()
@@ -242,25 +248,36 @@ func (mc *muxConn) writeLoop() {
 		}
 		batch, mc.queue = mc.queue, batch[:0]
 		now := time.Now()
+		out = out[:0]
 		for _, cl := range batch {
 			cl.sent = now
+			out = append(out, command{cl.cmd, cl.args})
 		}
-		mc.pending = append(mc.pending, batch...)
+		if len(mc.pending) == 0 {
+			mc.pending = mc.pendBuf[:0]
+		}
+		if before := cap(mc.pending); len(mc.pending)+len(batch) > before {
+			mc.pending = append(mc.pending, batch...)
+			mc.pendBuf = mc.pending[:0] // a new array: reuse it from its start
+		} else {
+			mc.pending = append(mc.pending, batch...)
+		}
 		mc.mu.Unlock()
+		clear(batch)
 		var err error
-		for _, cl := range batch {
-			if err = mc.c.Send(cl.cmd, cl.args...); err != nil {
+		for _, c := range out {
+			if err = mc.c.Send(c.cmd, c.args...); err != nil {
 				break
 			}
 		}
 		if err == nil {
 			err = mc.c.Flush()
 		}
+		clear(out)
 		if err != nil {
 			mc.fail(err)
 			return
 		}
-		clear(batch)
 	}
 }
 
@@ -268,8 +285,8 @@ func (mc *muxConn) readLoop() {
 	defer mc.m.wg.Done()
 	for {
 		reply, err := mc.c.Receive()
-		var rerr redis.Error
-		if err != nil && !errors.As(err, &rerr) {
+		rerr, replyErr := err.(redis.Error) // an error reply, not a broken link
+		if err != nil && !replyErr {
 			mc.fail(err)
 			return
 		}
@@ -283,7 +300,7 @@ func (mc *muxConn) readLoop() {
 		mc.pending[0] = nil
 		mc.pending = mc.pending[1:]
 		mc.mu.Unlock()
-		if err != nil && cannotWrite(rerr) {
+		if replyErr && cannotWrite(rerr) {
 			// Break the connection before the caller sees the reply, so
 			// that its retry dials again (and asks Sentinel anew).
 			mc.fail(fmt.Errorf("redlock: node cannot take writes: %w", rerr))

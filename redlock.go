@@ -512,7 +512,7 @@ func (m *Manager) tryLock(ctx context.Context, keys []string, token string, ttl 
 	success := failed == r && r.ok >= m.quorum && validity > 0
 	r.decide(success)
 	if success {
-		return &Lock{m: m, keys: keys, token: token, ttl: ttl, fenceToken: fence, acquired: r.sent, until: start.Add(ttl - m.drift(ttl))}, nil, r
+		return &Lock{m: m, keys: keys, token: token, ttl: ttl, fenceToken: fence, acquired: r, until: start.Add(ttl - m.drift(ttl))}, nil, r
 	}
 	qe := failed.quorumError("lock", keys[0], ErrNotAcquired)
 	if failed.ok >= m.quorum {
@@ -533,27 +533,16 @@ type nodeVote struct {
 
 // round is one fan-out to every node.
 type round struct {
-	m       *Manager
-	votes   []nodeVote // answers received before the quorum was decided
-	ok      int        // votes with ok
-	decided chan struct{}
-	success atomic.Bool
-	done    sync.WaitGroup // every node's goroutine, cleanup included
-	sent    []*sentSignal  // per node, when tracked (see fanoutAfter)
+	m        *Manager
+	votes    []nodeVote // answers received before the quorum was decided
+	ok       int        // votes with ok
+	decided  chan struct{}
+	success  atomic.Bool
+	done     sync.WaitGroup     // every node's goroutine, cleanup included
+	finished []atomic.Bool      // per node: its attempt ended (when tracked, see fanoutAfter)
+	cancel   context.CancelFunc // releases the round's deadline once every node finished
+	left     atomic.Int32       // nodes still running their command
 }
-
-// sentSignal fires once a node's command is queued on its connection.
-type sentSignal struct {
-	once sync.Once
-	ch   chan struct{}
-}
-
-// sentKey carries a *sentSignal in a ctx down to the transport.
-type sentKey struct{}
-
-func newSentSignal() *sentSignal { return &sentSignal{ch: make(chan struct{})} }
-
-func (s *sentSignal) fire() { s.once.Do(func() { close(s.ch) }) }
 
 // waitRound waits until every goroutine of r ended; it returns false if
 // ctx ended or the Manager is closing first.
@@ -590,67 +579,31 @@ func (m *Manager) fanout(ctx context.Context, guarded bool, op func(ctx context.
 	return m.fanoutAfter(ctx, guarded, nil, false, op, cleanup)
 }
 
-// fanoutAfter is fanout with per-node ordering. If after is not nil, node
-// i's command is sent only once after[i] fired: Unlock and Extend use the
-// acquire round's signals so that their command reaches a node after the
-// lock's own acquire, even when the acquire was a straggler on that node.
-// If track, r.sent[i] fires once node i's command was queued on its
-// connection (or its attempt ended).
-func (m *Manager) fanoutAfter(ctx context.Context, guarded bool, after []*sentSignal, track bool,
+// fanoutAfter is fanout with per-node ordering. If after is not nil, the
+// command for node i is sent only once after.finished[i] is set: Unlock and
+// Extend pass the lock's acquire round, so that their command reaches a node
+// after the lock's own acquire, even when that acquire was a straggler. (On
+// one node, commands run in the order they are queued: once the acquire's
+// attempt ended, it was either queued before us or never sent.) If track,
+// r.finished is kept for such later rounds.
+func (m *Manager) fanoutAfter(ctx context.Context, guarded bool, after *round, track bool,
 	op func(ctx context.Context, c redis.Conn) nodeVote, cleanup func(ctx context.Context, n *node, v nodeVote)) *round {
-	r := &round{m: m, decided: make(chan struct{})}
+	r := &round{m: m, decided: make(chan struct{}), votes: make([]nodeVote, 0, len(m.nodes))}
 	if track {
-		r.sent = make([]*sentSignal, len(m.nodes))
-		for i := range r.sent {
-			r.sent[i] = newSentSignal()
-		}
+		r.finished = make([]atomic.Bool, len(m.nodes))
 	}
+	// One deadline for the round. It is not cancelled with the caller's
+	// ctx: a straggler still reaches its node (and a failed round's cleanup
+	// still runs), bounded by the node timeout; the caller stops waiting at
+	// once (below). The last node to finish releases it.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.nodeTimeout)
+	r.cancel = cancel
+	r.left.Store(int32(len(m.nodes)))
 	ch := make(chan nodeVote, len(m.nodes))
 	for i, n := range m.nodes {
 		m.wg.Add(1)
 		r.done.Add(1)
-		go func() {
-			defer m.wg.Done()
-			defer r.done.Done()
-			// Not cancelled with the caller's ctx: a straggler still reaches
-			// its node (and a failed round's cleanup still runs), bounded
-			// by the node timeout. The caller stops waiting at once (below).
-			nctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.nodeTimeout)
-			var v nodeVote
-			if after != nil {
-				select {
-				case <-after[i].ch:
-				case <-nctx.Done():
-					v.err = nctx.Err()
-				}
-			}
-			if track {
-				nctx = context.WithValue(nctx, sentKey{}, r.sent[i])
-			}
-			if v.err == nil { // else the lock's acquire on this node was never sent
-				if err := n.do(nctx, func(c redis.Conn) error { v = op(nctx, c); return nil }); err != nil {
-					v = nodeVote{err: err}
-				}
-			}
-			if track {
-				r.sent[i].fire()
-			}
-			cancel()
-			v.node = i
-			if guarded && v.err == nil && n.guard.quarantined() {
-				v.ok, v.err = false, errRestarted
-			}
-			ch <- v
-			if cleanup == nil {
-				return
-			}
-			<-r.decided
-			if !r.success.Load() {
-				cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.nodeTimeout)
-				cleanup(cctx, n, v)
-				cancel()
-			}
-		}()
+		go r.run(ctx, rctx, i, n, guarded, after, op, cleanup, ch) // a call, not a closure: no allocation
 	}
 	failed := 0
 	for range m.nodes {
@@ -671,6 +624,60 @@ func (m *Manager) fanoutAfter(ctx context.Context, guarded bool, after []*sentSi
 		}
 	}
 	return r
+}
+
+// run is node i's part of a round (see fanoutAfter).
+func (r *round) run(ctx, rctx context.Context, i int, n *node, guarded bool, after *round,
+	op func(ctx context.Context, c redis.Conn) nodeVote, cleanup func(ctx context.Context, n *node, v nodeVote), ch chan<- nodeVote) {
+	m := r.m
+	defer m.wg.Done()
+	defer r.done.Done()
+	var v nodeVote
+	if after != nil {
+		v.err = after.waitFinished(rctx, i)
+	}
+	switch {
+	case v.err != nil: // the lock's acquire on this node is still under way
+	case n.mux != nil && n.sentinel == nil:
+		v = op(rctx, muxHandle{n.mux})
+	default:
+		if err := n.do(rctx, func(c redis.Conn) error { v = op(rctx, c); return nil }); err != nil {
+			v = nodeVote{err: err}
+		}
+	}
+	if r.finished != nil {
+		r.finished[i].Store(true)
+	}
+	if r.left.Add(-1) == 0 {
+		r.cancel()
+	}
+	v.node = i
+	if guarded && v.err == nil && n.guard.quarantined() {
+		v.ok, v.err = false, errRestarted
+	}
+	ch <- v
+	if cleanup == nil {
+		return
+	}
+	<-r.decided
+	if !r.success.Load() {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.nodeTimeout)
+		cleanup(cctx, n, v)
+		cancel()
+	}
+}
+
+// waitFinished waits until node i's attempt of r ended, or ctx does. It
+// polls: the wait only happens when an Unlock or Extend overtakes the
+// lock's own straggling acquire, which is rare and short.
+func (r *round) waitFinished(ctx context.Context, i int) error {
+	for !r.finished[i].Load() {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+	return nil
 }
 
 // decide publishes the outcome to the nodes' goroutines (see fanout).
@@ -944,8 +951,8 @@ type Lock struct {
 	token string
 	ttl   time.Duration
 
-	fenceToken int64         // with WithFencing; 0 otherwise
-	acquired   []*sentSignal // per node: the acquire was sent (nil for GetLock)
+	fenceToken int64  // with WithFencing; 0 otherwise
+	acquired   *round // the acquire round, to order Unlock/Extend after it (nil for GetLock)
 
 	mu       sync.Mutex // protects until and released
 	until    time.Time  // local validity deadline, monotonic

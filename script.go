@@ -44,7 +44,8 @@ type luaScript struct {
 	name     string
 	source   string
 	sha1     string
-	keyCount int // -1: any number of keys
+	sha1Arg  interface{} // sha1, boxed once (not on every call)
+	keyCount int         // -1: any number of keys
 }
 
 // evalScript is the one place that runs a script on a node. It sends
@@ -57,13 +58,13 @@ func evalScript(ctx context.Context, c redis.Conn, s *luaScript, keys []string, 
 		return nil, errors.New("redlock: script " + s.name + ": wrong number of keys")
 	}
 	cmdArgs := make([]interface{}, 0, 2+len(keys)+len(args))
-	cmdArgs = append(cmdArgs, s.sha1, len(keys))
+	cmdArgs = append(cmdArgs, s.sha1Arg, len(keys))
 	for _, k := range keys {
 		cmdArgs = append(cmdArgs, k)
 	}
 	cmdArgs = append(cmdArgs, args...)
 	reply, err := redis.DoContext(c, ctx, "EVALSHA", cmdArgs...)
-	if isNoScript(err) {
+	if err != nil && isNoScript(err) {
 		cmdArgs[0] = s.source
 		reply, err = redis.DoContext(c, ctx, "EVAL", cmdArgs...)
 	}

@@ -43,7 +43,7 @@ return {1, ttl}
 const acquireSHA1 = "3405b0cab78deb00067c455282eeabca4420b3b8"
 
 // acquireScript describes lua/acquire.lua.
-var acquireScript = luaScript{name: "acquire", source: acquireSource, sha1: acquireSHA1, keyCount: -1}
+var acquireScript = luaScript{name: "acquire", source: acquireSource, sha1: acquireSHA1, sha1Arg: acquireSHA1, keyCount: -1}
 
 // evalAcquire runs lua/acquire.lua with EVALSHA (EVAL after NOSCRIPT): take every lock key for one token, all or nothing.
 //   - KEYS[1..n] keys: the lock keys, one per resource
@@ -75,7 +75,7 @@ return {1, tonumber(redis.call('GET', KEYS[2]) or '0')}
 const acquireFencedSHA1 = "ec315019fb00e2888d495032626d1a8ad883e19f"
 
 // acquireFencedScript describes lua/acquire_fenced.lua.
-var acquireFencedScript = luaScript{name: "acquire_fenced", source: acquireFencedSource, sha1: acquireFencedSHA1, keyCount: 2}
+var acquireFencedScript = luaScript{name: "acquire_fenced", source: acquireFencedSource, sha1: acquireFencedSHA1, sha1Arg: acquireFencedSHA1, keyCount: 2}
 
 // evalAcquireFenced runs lua/acquire_fenced.lua with EVALSHA (EVAL after NOSCRIPT): take a lock key for one token and read the resource's fencing counter (phase 1 of WithFencing).
 //   - KEYS[1] key: the lock key
@@ -111,7 +111,7 @@ return 1
 const extendSHA1 = "b986dbf4c61dce4d5de58a2e3d1b5c984ad363e9"
 
 // extendScript describes lua/extend.lua.
-var extendScript = luaScript{name: "extend", source: extendSource, sha1: extendSHA1, keyCount: -1}
+var extendScript = luaScript{name: "extend", source: extendSource, sha1: extendSHA1, sha1Arg: extendSHA1, keyCount: -1}
 
 // evalExtend runs lua/extend.lua with EVALSHA (EVAL after NOSCRIPT): reset the time to live of every lock key that still holds the token, all or nothing.
 //   - KEYS[1..n] keys: the lock keys, one per resource
@@ -145,7 +145,7 @@ return 1
 const fenceSHA1 = "e841523ece964532791032c983107502180f1499"
 
 // fenceScript describes lua/fence.lua.
-var fenceScript = luaScript{name: "fence", source: fenceSource, sha1: fenceSHA1, keyCount: 2}
+var fenceScript = luaScript{name: "fence", source: fenceSource, sha1: fenceSHA1, sha1Arg: fenceSHA1, keyCount: 2}
 
 // evalFence runs lua/fence.lua with EVALSHA (EVAL after NOSCRIPT): raise the resource's fencing counter to the new token while the lock is still held (phase 2 of WithFencing).
 //   - KEYS[1] key: the lock key
@@ -173,7 +173,7 @@ return {v, redis.call('PTTL', KEYS[1])}
 const inspectSHA1 = "c6076867876c721fb3bf02ec3072a7b9b73b6e49"
 
 // inspectScript describes lua/inspect.lua.
-var inspectScript = luaScript{name: "inspect", source: inspectSource, sha1: inspectSHA1, keyCount: 1}
+var inspectScript = luaScript{name: "inspect", source: inspectSource, sha1: inspectSHA1, sha1Arg: inspectSHA1, keyCount: 1}
 
 // evalInspect runs lua/inspect.lua with EVALSHA (EVAL after NOSCRIPT): read who holds a lock key and for how long, without changing anything.
 //   - KEYS[1] key: the lock key
@@ -203,7 +203,7 @@ return deleted
 const releaseSHA1 = "0ab413943d9315181ad188c231988fb76e885b53"
 
 // releaseScript describes lua/release.lua.
-var releaseScript = luaScript{name: "release", source: releaseSource, sha1: releaseSHA1, keyCount: -1}
+var releaseScript = luaScript{name: "release", source: releaseSource, sha1: releaseSHA1, sha1Arg: releaseSHA1, keyCount: -1}
 
 // evalRelease runs lua/release.lua with EVALSHA (EVAL after NOSCRIPT): delete the lock keys that hold the token, leave every other key alone, and announce each deletion.
 //   - KEYS[1..n] keys: the lock keys, one per resource

@@ -250,7 +250,7 @@ const {{camel .Name}}Source = {{lit .Source}}
 const {{camel .Name}}SHA1 = "{{.SHA1}}"
 
 // {{camel .Name}}Script describes {{.File}}.
-var {{camel .Name}}Script = luaScript{name: "{{.Name}}", source: {{camel .Name}}Source, sha1: {{camel .Name}}SHA1, keyCount: {{if .Variadic}}-1{{else}}{{len .Keys}}{{end}}}
+var {{camel .Name}}Script = luaScript{name: "{{.Name}}", source: {{camel .Name}}Source, sha1: {{camel .Name}}SHA1, sha1Arg: {{camel .Name}}SHA1, keyCount: {{if .Variadic}}-1{{else}}{{len .Keys}}{{end}}}
 
 // eval{{export (camel .Name)}} runs {{.File}} with EVALSHA (EVAL after NOSCRIPT): {{.Summary}}
 {{- range .Keys}}
