@@ -85,6 +85,15 @@ func (m *mux) get(ctx context.Context) (*muxConn, error) {
 			m.wg.Add(1)
 			go m.redial(m.dialing)
 		}
+		if m.dialErr != nil {
+			// The last dial failed too: callers fail at once rather than
+			// pile up behind a dial to a node that may hang. (The first
+			// dial, and the first redial after a broken connection, e.g.
+			// to a newly promoted master, are waited for within ctx.)
+			err := m.dialErr
+			m.mu.Unlock()
+			return nil, err
+		}
 		wait := m.dialing
 		m.mu.Unlock()
 		select {
