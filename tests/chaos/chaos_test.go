@@ -1,13 +1,17 @@
 package chaos
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
+
+	"github.com/redlock-go/redlock"
 )
 
 // profileEnv selects the profile: unset or "short" for CI (the whole package
@@ -90,17 +94,24 @@ func faultKinds(t *testing.T, def ...string) []faultKind {
 
 // TestChaosSafety is the fault suite: clients on several Managers take
 // fenced locks on a few resources over five nodes while the nemesis keeps up
-// to two of them faulty at once. With the restart guard on (the default) no
-// two clients may hold one resource at once by their own validity windows,
-// and the fenced registers must never accept a stale write nor reject a
-// holder whose lease was still valid.
+// to two of them faulty at once: kill -9 and restart without persistence,
+// SIGSTOP, latency, three kinds of cut link, and clock drift within the
+// drift allowance. With the restart guard on (the default) no two clients
+// may hold one resource at once by their own validity windows, and no fenced
+// register may accept a stale write.
+//
+// The nodes persist nothing, so a restart loses the fencing counters too:
+// fence inversions are reported here, not asserted (WithFencing needs
+// persistence; TestChaosFencingTokensIncreaseUnderFaults asserts them on
+// persistent nodes). Clock faults beyond the allowance are measured by
+// TestChaosClockFaultOnOneNode.
 func TestChaosSafety(t *testing.T) {
 	checkLeaks(t)
 	long := isLong(t)
 	ttl := time.Second
 	cfg := workloadConfig{
 		name:        "short (CI)",
-		duration:    20 * time.Second,
+		duration:    16 * time.Second,
 		managers:    3,
 		perManager:  4,
 		resources:   []string{"chaos:a", "chaos:b", "chaos:c"},
@@ -139,8 +150,11 @@ func TestChaosSafety(t *testing.T) {
 	if nm.maxAt > ncfg.maxFaulty {
 		t.Errorf("the nemesis had %d nodes faulty at once, more than %d", nm.maxAt, ncfg.maxFaulty)
 	}
-	if len(res.overlaps) > 0 || len(res.inversions) > 0 || len(res.reg.rejectedValid) > 0 || res.reg.acceptedStale > 0 {
-		t.Errorf("safety violated with at most %d of 5 nodes faulty:\n%s", ncfg.maxFaulty, violations(res))
+	if len(res.inversions) > 0 {
+		t.Logf("%d fence inversions: restarts without persistence lost fencing counters (the WithFencing caveat)", len(res.inversions))
+	}
+	if len(res.overlaps) > 0 || res.reg.acceptedStale > 0 {
+		t.Errorf("safety violated with at most %d of 5 nodes faulty:\n%s", ncfg.maxFaulty, violations(result{overlaps: res.overlaps, reg: registerStats{acceptedStale: res.reg.acceptedStale}}))
 		for i, o := range res.overlaps {
 			if i == 3 {
 				break
@@ -183,4 +197,258 @@ func violations(res result) string {
 		fmt.Fprintf(&b, "  register accepted %d stale writes\n", res.reg.acceptedStale)
 	}
 	return b.String()
+}
+
+// TestChaosClockFaultOnOneNode measures what Redlock does not promise to
+// survive: a clock that runs fast or jumps forward, on ONE node at a time.
+// Redlock assumes every node's clock runs at nearly the right rate; a fast
+// node lets a lock's key expire early. Under contention a winner often holds
+// a bare majority (the other contenders took the remaining nodes for a
+// moment, then released them), so one node losing the key early is enough
+// for a second holder. The test reports the overlaps it measured and asserts
+// what still holds: fencing tokens keep strict order, and the fenced
+// registers accept no stale write.
+func TestChaosClockFaultOnOneNode(t *testing.T) {
+	checkLeaks(t)
+	long := isLong(t)
+	ttl := time.Second
+	cfg := workloadConfig{
+		name:        "clock faults, one node at a time",
+		duration:    6 * time.Second,
+		managers:    3,
+		perManager:  4,
+		resources:   []string{"clock:a", "clock:b", "clock:c"},
+		ttl:         ttl,
+		nodeTimeout: 150 * time.Millisecond,
+		retries:     3,
+		retryDelay:  [2]time.Duration{5 * time.Millisecond, 20 * time.Millisecond},
+		longHold:    0.05,
+		stall:       0.02,
+		seed:        seed(t),
+	}
+	if long {
+		cfg.duration = 2 * time.Minute
+	}
+	ncfg := nemesisConfig{
+		kinds:     faultKinds(t, "clock", "jump"),
+		maxFaulty: 1,
+		cooldown:  ttl, // and a whole lock lifetime before the next node
+		gap:       [2]time.Duration{100 * time.Millisecond, 400 * time.Millisecond},
+		length:    [2]time.Duration{300 * time.Millisecond, 1500 * time.Millisecond},
+		clockPPM:  [2]int64{2 * rateNormal, 4 * rateNormal},
+		jump:      ttl,
+		seed:      cfg.seed,
+	}
+	c := newCluster(t, 5, false)
+	nm := newNemesis(c, ncfg)
+	r := runWorkload(t, c, cfg, nm)
+	res := r.check()
+	r.report(t, res)
+	if err := nm.err(); err != nil {
+		t.Fatalf("the nemesis failed: %v", err)
+	}
+	t.Logf("clock faults on one node at a time: %d overlaps in %d acquisitions (%.2f%%); fencing rejected %d writes of holders that still believed they held the lock",
+		len(res.overlaps), r.st.acquired.Load(), 100*float64(len(res.overlaps))/float64(max(1, r.st.acquired.Load())), len(res.reg.rejectedValid))
+	if len(res.inversions) > 0 || res.reg.acceptedStale > 0 {
+		t.Errorf("fencing broke under clock faults:\n%s", violations(result{inversions: res.inversions, reg: registerStats{acceptedStale: res.reg.acceptedStale}}))
+	}
+}
+
+// TestClockJumpOnOneNodeBreaksMutualExclusion is the deterministic form of
+// the clock hazard: a lock held on a bare majority (nodes 0-2; 3 and 4 were
+// busy at the time) loses its key on node 2 when that node's clock jumps
+// forward, and a second client gets nodes 2-4 while the first still holds a
+// valid lock. Fencing still orders them: the first holder's write is
+// rejected.
+func TestClockJumpOnOneNodeBreaksMutualExclusion(t *testing.T) {
+	checkLeaks(t)
+	c := newCluster(t, 5, false)
+	ctx := context.Background()
+	ttl := 5 * time.Second
+	opts := []redlock.Option{redlock.WithFencing(), redlock.WithDefaultTTL(ttl), redlock.WithRetryCount(1)}
+	m1, m2 := c.newManager(t, opts...), c.newManager(t, opts...)
+	for _, n := range c.nodes[3:] {
+		_, err := n.Do("SET", "jump", "another-contender", "PX", 60000)
+		require.NoError(t, err)
+	}
+	a, err := m1.Lock(ctx, "jump", ttl)
+	require.NoError(t, err, "A takes nodes 0, 1 and 2")
+	for _, n := range c.nodes[3:] {
+		_, err := n.Do("DEL", "jump")
+		require.NoError(t, err)
+	}
+	c.nodes[2].JumpClock(2 * ttl)
+	b, err := m2.Lock(ctx, "jump", ttl)
+	require.NoError(t, err, "B gets nodes 2, 3 and 4: node 2's clock jumped past A's expiry")
+	require.True(t, a.Valid() && b.Valid(), "two valid holders at once: the hazard of a clock jump on one node")
+	require.Greater(t, b.Fence(), a.Fence(), "fencing still orders the holders")
+	reg := &register{}
+	require.True(t, reg.write(b.Fence(), b.Token(), b.Until()))
+	require.False(t, reg.write(a.Fence(), a.Token(), a.Until()), "the fenced register rejects the first holder's write")
+	require.NoError(t, b.Unlock(ctx))
+	_ = a.Unlock(ctx)
+}
+
+// fencingRun is the tight loop of the fencing tests: fenced locks on two
+// resources while the nemesis injects every kind of fault on up to two nodes
+// at once (the restart guard on).
+func fencingRun(t *testing.T, name string, persist bool, target int, limit time.Duration) (*run, result) {
+	ttl := 500 * time.Millisecond
+	cfg := workloadConfig{
+		name:        name,
+		duration:    limit,
+		target:      target,
+		managers:    2,
+		perManager:  2,
+		resources:   []string{"fence:a", "fence:b"},
+		ttl:         ttl,
+		nodeTimeout: 100 * time.Millisecond,
+		retries:     1,
+		retryDelay:  [2]time.Duration{time.Millisecond, 3 * time.Millisecond},
+		noHold:      true,
+		stall:       0.01,
+		seed:        seed(t),
+	}
+	ncfg := nemesisConfig{
+		kinds:     faultKinds(t, "kill", "pause", "latency", "drop", "refuse", "reset", "drift", "clock", "jump"),
+		maxFaulty: 2,
+		gap:       [2]time.Duration{100 * time.Millisecond, 300 * time.Millisecond},
+		length:    [2]time.Duration{200 * time.Millisecond, time.Second},
+		latencyMS: [2]int{10, 80},
+		clockPPM:  [2]int64{2 * rateNormal, 4 * rateNormal},
+		jump:      ttl,
+		seed:      cfg.seed,
+	}
+	c := newCluster(t, 5, persist)
+	nm := newNemesis(c, ncfg)
+	r := runWorkload(t, c, cfg, nm)
+	res := r.check()
+	r.report(t, res)
+	if err := nm.err(); err != nil {
+		t.Fatalf("the nemesis failed: %v", err)
+	}
+	return r, res
+}
+
+// TestChaosFencingTokensIncreaseUnderFaults checks that fencing tokens
+// strictly increase per resource in acquisition order, and that each fenced
+// register only ever accepted increasing tokens, under every kind of fault —
+// clock faults included, which break the lock itself but not the order of
+// its tokens. The nodes persist their data (appendonly, fsync always), as
+// WithFencing requires: a kill -9 then loses nothing. The long profile makes
+// 10,000 acquisitions; the CI profile, under the race detector on a small
+// machine, makes 1,500 or what 12 seconds allow (at least 300).
+func TestChaosFencingTokensIncreaseUnderFaults(t *testing.T) {
+	checkLeaks(t)
+	target, minimum, limit := 1500, 300, 12*time.Second
+	if isLong(t) {
+		target, minimum, limit = 10_000, 10_000, 10*time.Minute
+	}
+	r, res := fencingRun(t, "fencing, tight loop, persistent nodes", true, target, limit)
+	if n := r.st.acquired.Load(); n < int64(minimum) {
+		t.Errorf("only %d fenced acquisitions in %v, want at least %d", n, r.elapsed, minimum)
+	}
+	if len(res.inversions) > 0 || res.reg.acceptedStale > 0 {
+		t.Errorf("fencing tokens out of order under faults:\n%s", violations(result{inversions: res.inversions, reg: res.reg}))
+	}
+}
+
+// TestChaosFencingWithoutPersistence measures the caveat of WithFencing: the
+// same run on nodes that persist nothing. A node restarted by kill -9 forgets
+// its counters; the restart guard keeps its votes out for one TTL, and a
+// restarted node catches up on a resource as soon as it takes part in one
+// acquisition of it, but a resource nobody could lock meanwhile keeps a lost
+// counter, and two such nodes plus one that missed the last tokens make a
+// quorum that hands out an old token again. Long profile only: it reports,
+// it does not assert.
+func TestChaosFencingWithoutPersistence(t *testing.T) {
+	if !isLong(t) {
+		t.Skipf("measured in the long profile only (%s=long)", profileEnv)
+	}
+	checkLeaks(t)
+	r, res := fencingRun(t, "fencing, tight loop, nodes without persistence", false, 10_000, 10*time.Minute)
+	t.Logf("without persistence: %d fence inversions in %d acquisitions", len(res.inversions), r.st.acquired.Load())
+}
+
+// TestChaosWithoutRestartGuardOverlaps is the probabilistic negative test:
+// the nemesis restarts one node at a time, without persistence, every
+// 100-250ms, while clients contend for one resource and often hold it for
+// most of its TTL. At most one node is down at any moment, yet with the
+// restart guard off a lock loses its key on node after node until a second
+// client gets a majority. The test runs rounds, reports the share of rounds
+// with an overlap, and checks the same schedule with the guard on (the
+// default) gives none. (The deterministic negative test is
+// tests/fence_guard_test.go's TestWithoutRestartGuardTheHazardIsReal.)
+func TestChaosWithoutRestartGuardOverlaps(t *testing.T) {
+	checkLeaks(t)
+	long := isLong(t)
+	rounds, roundLen := 3, 2*time.Second
+	if long {
+		rounds, roundLen = 40, 3*time.Second
+	}
+	ttl := time.Second
+	c := newCluster(t, 5, false)
+	base := workloadConfig{
+		duration:    roundLen,
+		managers:    2,
+		perManager:  2,
+		ttl:         ttl,
+		nodeTimeout: 150 * time.Millisecond,
+		retries:     1,
+		retryDelay:  [2]time.Duration{time.Millisecond, 5 * time.Millisecond},
+		longHold:    0.5,
+	}
+	ncfg := nemesisConfig{
+		kinds:     []faultKind{faultKill},
+		maxFaulty: 1,
+		gap:       [2]time.Duration{100 * time.Millisecond, 250 * time.Millisecond},
+		length:    [2]time.Duration{0, 200 * time.Millisecond}, // down for a quarter of it
+	}
+	s := seed(t)
+	hits, overlaps, acquired, restarts := 0, 0, int64(0), 0
+	for i := 0; i < rounds; i++ {
+		cfg := base
+		cfg.name = fmt.Sprintf("guard off, round %d", i+1)
+		cfg.resources = []string{fmt.Sprintf("noguard:%d", i)}
+		cfg.opts = []redlock.Option{redlock.WithRestartGuard(false)}
+		cfg.seed = s + uint64(i)
+		ncfg.seed = cfg.seed
+		nm := newNemesis(c, ncfg)
+		r := runWorkload(t, c, cfg, nm)
+		if err := nm.err(); err != nil {
+			t.Fatalf("the nemesis failed: %v", err)
+		}
+		res := r.check()
+		if len(res.overlaps) > 0 {
+			hits++
+		}
+		overlaps += len(res.overlaps)
+		acquired += r.st.acquired.Load()
+		restarts += nm.total()
+	}
+	rate := float64(hits) / float64(rounds)
+	t.Logf("restart guard OFF, one node restarted without persistence every 100-250ms: overlaps in %d of %d rounds (%.0f%%); %d overlaps in %d acquisitions, %d restarts",
+		hits, rounds, 100*rate, overlaps, acquired, restarts)
+	if testing.Verbose() {
+		fmt.Printf("--- %s: guard off: overlap in %d/%d rounds (%.0f%%), %d overlaps / %d acquisitions, %d restarts\n",
+			t.Name(), hits, rounds, 100*rate, overlaps, acquired, restarts)
+	}
+
+	// The control: the same schedule with the guard on.
+	cfg := base
+	cfg.name = "guard on (control)"
+	cfg.duration = roundLen * 3 / 2
+	cfg.resources = []string{"guard:control"}
+	cfg.seed = s + 1000
+	ncfg.seed = cfg.seed
+	nm := newNemesis(c, ncfg)
+	r := runWorkload(t, c, cfg, nm)
+	if err := nm.err(); err != nil {
+		t.Fatalf("the nemesis failed: %v", err)
+	}
+	res := r.check()
+	r.report(t, res)
+	if len(res.overlaps) > 0 {
+		t.Errorf("with the restart guard on, the same restarts must not let two holders in:\n%s", violations(res))
+	}
 }

@@ -108,7 +108,14 @@ func startNode(t testing.TB, name string, persist bool) (*redisNode, error) {
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "redlock-chaos-")
+	// A persistent node keeps its append-only file in memory (/dev/shm)
+	// when it can: it must survive the process, not the machine, and an
+	// fsync per write on a disk would slow the suite down.
+	parent := ""
+	if st, err := os.Stat("/dev/shm"); persist && err == nil && st.IsDir() {
+		parent = "/dev/shm"
+	}
+	dir, err := os.MkdirTemp(parent, "redlock-chaos-")
 	if err != nil {
 		return nil, err
 	}

@@ -27,6 +27,7 @@ type workloadConfig struct {
 	retries     int
 	retryDelay  [2]time.Duration
 	opts        []redlock.Option // more Manager options (WithRestartGuard(false)...)
+	noHold      bool             // write at once: no work in the critical section (tight loop)
 	longHold    float64          // share of sections that hold for 30-90% of their validity
 	stall       float64          // share of sections that stall past their lease before writing
 	target      int              // stop once this many acquisitions were made (0: run for duration)
@@ -119,7 +120,6 @@ func (r *run) client(ctx context.Context, stop context.CancelFunc, id int, m *re
 				r.st.locked.Add(1)
 			case unavailable:
 				r.st.unavailable.Add(1)
-				time.Sleep(time.Duration(1+rng.IntN(5)) * time.Millisecond) // no hot loop while a quorum is down
 			default:
 				r.st.other.Add(1)
 				r.mu.Lock()
@@ -128,6 +128,9 @@ func (r *run) client(ctx context.Context, stop context.CancelFunc, id int, m *re
 				}
 				r.mu.Unlock()
 			}
+			// A short pause: no hot loop while a quorum is down, and a
+			// light load on a small machine.
+			time.Sleep(time.Duration(500+rng.IntN(2500)) * time.Microsecond)
 			continue
 		}
 		s := section{client: id, resource: res, fence: l.Fence(), acquired: time.Now(), until: l.Until()}
@@ -158,6 +161,9 @@ func (r *run) client(ctx context.Context, stop context.CancelFunc, id int, m *re
 // milliseconds, sometimes tens, and a share cfg.longHold of most of the
 // validity left, so that a lock lost early on a node has time to matter.
 func (r *run) holdTime(rng *rand.Rand, until time.Time) time.Duration {
+	if r.cfg.noHold {
+		return 0
+	}
 	p := rng.Float64()
 	switch {
 	case p < r.cfg.longHold:
