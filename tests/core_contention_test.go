@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"sync"
@@ -15,33 +16,32 @@ import (
 	"github.com/redlock-go/redlock/tests/harness"
 )
 
-// TestNoOverlapUnderContention has 32 goroutines, spread over two Managers
-// on the same three nodes, take one resource 2,000 times in total with a
-// short TTL and a tight retry loop. A shared checker counts the goroutines
-// inside the critical section: it must never see two, every section must
-// end with its lock still Valid, and every Unlock must succeed.
-func TestNoOverlapUnderContention(t *testing.T) {
-	servers := harness.StartN(t, 3, harness.Options{})
-	ignore := goleak.IgnoreCurrent()
-	opts := []redlock.Option{redlock.WithRetryCount(1000), redlock.WithRetryDelay(time.Millisecond, 5*time.Millisecond)}
-	managers := []*redlock.Manager{coreNew(t, coreAddrs(servers), opts...), coreNew(t, coreAddrs(servers), opts...)}
-	ctx := coreCtx(t, 120*time.Second)
-	const (
-		goroutines = 32
-		target     = 2000
-		resource   = "contended"
-		ttl        = 500 * time.Millisecond
-	)
+// coreContention is the result of one contention run.
+type coreContention struct {
+	acquired int64         // critical sections entered
+	overlaps int64         // sections that saw another section running
+	refused  int64         // Lock calls that gave up after all their retries
+	busy     int           // goroutines that got the lock at least once
+	elapsed  time.Duration // wall time of the run
+	err      error         // first unexpected error
+}
 
+// coreContend has goroutines, spread round-robin over managers, take
+// resource until target critical sections ran. A shared checker counts the
+// goroutines inside the critical section and records the holder's token:
+// a section that finds another one inside, or finds the holder changed when
+// it ends, is an overlap. Every section must end with its lock Valid, and
+// every Unlock must succeed. hold runs inside each section.
+func coreContend(ctx context.Context, managers []*redlock.Manager, goroutines int, target int64, resource string, ttl time.Duration, hold func()) coreContention {
 	var (
-		inside    atomic.Int32 // goroutines in the critical section now
-		acquired  atomic.Int64 // critical sections entered
-		overlaps  atomic.Int64 // sections that found another one running
-		holder    atomic.Value // token of the current holder
-		refused   atomic.Int64 // Lock calls that gave up (retries exhausted)
-		errMu     sync.Mutex   // protects firstErr
-		firstErr  error        // first unexpected error
-		perWorker [goroutines]int64
+		inside   atomic.Int32 // goroutines in the critical section now
+		acquired atomic.Int64
+		overlaps atomic.Int64
+		refused  atomic.Int64
+		holder   atomic.Value // token of the latest holder
+		errMu    sync.Mutex   // protects firstErr
+		firstErr error
+		busy     atomic.Int32
 	)
 	fail := func(err error) {
 		errMu.Lock()
@@ -57,9 +57,9 @@ func TestNoOverlapUnderContention(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			m := managers[g%len(managers)]
+			got := false
 			for acquired.Load() < target && ctx.Err() == nil {
 				l, err := m.Lock(ctx, resource, ttl)
-				got := time.Now()
 				if err != nil {
 					if errors.Is(err, redlock.ErrNotAcquired) && ctx.Err() == nil {
 						refused.Add(1)
@@ -68,44 +68,81 @@ func TestNoOverlapUnderContention(t *testing.T) {
 					fail(err)
 					return
 				}
+				taken := time.Now()
 				if inside.Add(1) != 1 {
 					overlaps.Add(1)
 				}
 				holder.Store(l.Token())
 				acquired.Add(1)
-				perWorker[g]++
-				time.Sleep(50 * time.Microsecond) // give an overlap a chance to show
+				if !got {
+					got = true
+					busy.Add(1)
+				}
+				hold()
 				if holder.Load() != l.Token() {
 					overlaps.Add(1)
 				}
 				if !l.Valid() {
-					fail(errors.New("lock no longer Valid at the end of its critical section"))
+					fail(fmt.Errorf("lock no longer Valid at the end of its critical section (%v after Lock returned)", time.Since(taken)))
 				}
 				inside.Add(-1)
-				callStart := time.Now()
+				unlockStart := time.Now()
 				if err := l.Unlock(ctx); err != nil {
-					fail(fmt.Errorf("%w (lock age at Unlock %v, Until - Unlock start = %v, Until - Unlock end = %v)", err, callStart.Sub(got), l.Until().Sub(callStart), l.Until().Sub(time.Now())))
+					fail(fmt.Errorf("%w (Unlock %v after Lock returned; Until was %v after the start of Unlock)", err, unlockStart.Sub(taken), l.Until().Sub(unlockStart)))
 					return
 				}
 			}
 		}()
 	}
 	wg.Wait()
-	elapsed := time.Since(start)
-	for _, m := range managers {
-		coreClose(t, m, 3*time.Second)
+	return coreContention{
+		acquired: acquired.Load(), overlaps: overlaps.Load(), refused: refused.Load(),
+		busy: int(busy.Load()), elapsed: time.Since(start), err: firstErr,
 	}
-	busy := 0
-	for _, n := range perWorker {
-		if n > 0 {
-			busy++
+}
+
+// TestNoOverlapUnderContention has 32 goroutines, spread over two Managers
+// on the same three nodes, take one resource 2,000 times in total with a
+// 500ms TTL and a tight retry loop: the shared checker must record zero
+// overlapping critical sections, every section must end with a Valid lock
+// and every Unlock must succeed.
+//
+// A control run first proves that the checker sees overlaps when there are
+// some: two Managers on disjoint nodes hold "the same" resource
+// independently, so their critical sections do overlap.
+func TestNoOverlapUnderContention(t *testing.T) {
+	servers := harness.StartN(t, 6, harness.Options{})
+	ignore := goleak.IgnoreCurrent()
+	ctx := coreCtx(t, 120*time.Second)
+	opts := []redlock.Option{redlock.WithRetryCount(1000), redlock.WithRetryDelay(10*time.Millisecond, 30*time.Millisecond)}
+
+	t.Run("control: independent locks overlap", func(t *testing.T) {
+		managers := []*redlock.Manager{
+			coreNew(t, coreAddrs(servers[:3]), opts...),
+			coreNew(t, coreAddrs(servers[3:]), opts...),
 		}
-	}
-	t.Logf("%d critical sections by %d of %d goroutines in %v (%.0f/s), %d Lock calls gave up after their retries",
-		acquired.Load(), busy, goroutines, elapsed.Round(time.Millisecond), float64(acquired.Load())/elapsed.Seconds(), refused.Load())
-	require.NoError(t, firstErr, "unexpected error under contention")
-	require.NoError(t, ctx.Err(), "the contention run did not finish in time")
-	require.GreaterOrEqual(t, acquired.Load(), int64(target), "fewer acquisitions than the target")
-	require.Zero(t, overlaps.Load(), "overlapping critical sections: the lock was held twice at once")
+		res := coreContend(ctx, managers, 4, 100, "control", 500*time.Millisecond, func() { time.Sleep(2 * time.Millisecond) })
+		for _, m := range managers {
+			coreClose(t, m, 3*time.Second)
+		}
+		require.NoError(t, res.err)
+		t.Logf("control: %d sections, %d overlaps in %v", res.acquired, res.overlaps, res.elapsed.Round(time.Millisecond))
+		require.Positive(t, res.overlaps, "the checker saw no overlap between two independent locks: it cannot prove anything")
+	})
+
+	t.Run("one resource, two Managers, 32 goroutines", func(t *testing.T) {
+		managers := []*redlock.Manager{coreNew(t, coreAddrs(servers[:3]), opts...), coreNew(t, coreAddrs(servers[:3]), opts...)}
+		const goroutines, target = 32, 2000
+		res := coreContend(ctx, managers, goroutines, target, "contended", 500*time.Millisecond, func() { time.Sleep(10 * time.Microsecond) })
+		for _, m := range managers {
+			coreClose(t, m, 3*time.Second)
+		}
+		t.Logf("%d critical sections by %d of %d goroutines in %v (%.0f/s), %d Lock calls gave up after their retries",
+			res.acquired, res.busy, goroutines, res.elapsed.Round(time.Millisecond), float64(res.acquired)/res.elapsed.Seconds(), res.refused)
+		require.NoError(t, res.err, "unexpected error under contention")
+		require.NoError(t, ctx.Err(), "the contention run did not finish in time")
+		require.GreaterOrEqual(t, res.acquired, int64(target), "fewer acquisitions than the target")
+		require.Zero(t, res.overlaps, "overlapping critical sections: the lock was held twice at once")
+	})
 	coreNoLeak(t, ignore)
 }

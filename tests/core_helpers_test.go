@@ -140,6 +140,7 @@ func coreNew(t testing.TB, instances []redlock.Instance, opts ...redlock.Option)
 	t.Helper()
 	m, err := redlock.New(instances, opts...)
 	require.NoError(t, err, "redlock.New")
+	t.Cleanup(func() { m.Close() }) // when the test stops early; Close is idempotent
 	return m
 }
 
