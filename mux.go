@@ -167,7 +167,27 @@ type call struct {
 	sent  time.Time
 	reply interface{}
 	err   error
-	done  chan struct{} // cap 1
+	done  chan struct{} // cap 1: signalled on completion (synchronous callers)
+
+	// Asynchronous calls (see round.submit) have onDone instead, run by
+	// the reader (or by fail) with the reply; they carry their context.
+	onDone  func(cl *call)
+	conn    *muxConn   // where it was queued, to resend after NOSCRIPT
+	r       *round     // the round it votes in
+	node    int        // the node's index in the round
+	script  *luaScript // for the EVAL fallback
+	decode  func(reply interface{}, err error) nodeVote
+	guarded bool            // see fanout
+	wg      *sync.WaitGroup // fire-and-forget calls (a release): Done when answered
+}
+
+// complete hands a finished call to its owner.
+func (cl *call) complete() {
+	if cl.onDone != nil {
+		cl.onDone(cl)
+		return
+	}
+	cl.done <- struct{}{}
 }
 
 var callPool = sync.Pool{New: func() interface{} { return &call{done: make(chan struct{}, 1)} }}
@@ -198,24 +218,9 @@ func (mc *muxConn) healthy() bool {
 func (mc *muxConn) do(ctx context.Context, cmd string, args []interface{}) (interface{}, error) {
 	cl := callPool.Get().(*call)
 	cl.cmd, cl.args = cmd, args
-	mc.mu.Lock()
-	switch {
-	case mc.broken != nil:
-		err := mc.broken
-		mc.mu.Unlock()
+	if err := mc.enqueue(cl); err != nil {
 		callPool.Put(cl)
 		return nil, err
-	case len(mc.pending) > 0 && time.Since(mc.pending[0].sent) > mc.m.stallAfter,
-		len(mc.pending)+len(mc.queue) >= maxInFlight:
-		mc.mu.Unlock()
-		callPool.Put(cl)
-		return nil, errStalled
-	}
-	mc.queue = append(mc.queue, cl)
-	mc.mu.Unlock()
-	select {
-	case mc.wake <- struct{}{}:
-	default:
 	}
 	select {
 	case <-cl.done:
@@ -226,6 +231,41 @@ func (mc *muxConn) do(ctx context.Context, cmd string, args []interface{}) (inte
 	case <-ctx.Done():
 		return nil, ctx.Err() // cl is abandoned; the reader still owns it
 	}
+}
+
+// enqueue queues cl for the writer without waiting. On error cl was not
+// queued and is the caller's again.
+func (mc *muxConn) enqueue(cl *call) error {
+	mc.mu.Lock()
+	switch {
+	case mc.broken != nil:
+		err := mc.broken
+		mc.mu.Unlock()
+		return err
+	case len(mc.pending) > 0 && time.Since(mc.pending[0].sent) > mc.m.stallAfter,
+		len(mc.pending)+len(mc.queue) >= maxInFlight:
+		mc.mu.Unlock()
+		return errStalled
+	}
+	mc.queue = append(mc.queue, cl)
+	mc.mu.Unlock()
+	select {
+	case mc.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// ready returns the current connection if it is healthy, without waiting
+// or dialling: the asynchronous path (see submit) needs one.
+func (m *mux) ready() *muxConn {
+	m.mu.Lock()
+	c := m.conn
+	m.mu.Unlock()
+	if c != nil && c.healthy() {
+		return c
+	}
+	return nil
 }
 
 func (mc *muxConn) writeLoop() {
@@ -314,11 +354,11 @@ func (mc *muxConn) readLoop() {
 			// that its retry dials again (and asks Sentinel anew).
 			mc.fail(fmt.Errorf("redlock: node cannot take writes: %w", rerr))
 			cl.reply, cl.err = reply, err
-			cl.done <- struct{}{}
+			cl.complete()
 			return
 		}
 		cl.reply, cl.err = reply, err
-		cl.done <- struct{}{}
+		cl.complete()
 	}
 }
 
@@ -348,7 +388,7 @@ func (mc *muxConn) fail(err error) {
 	}
 	for _, cl := range calls {
 		cl.reply, cl.err = nil, err
-		cl.done <- struct{}{}
+		cl.complete()
 	}
 }
 

@@ -469,22 +469,15 @@ func (m *Manager) tryLock(ctx context.Context, keys []string, token string, ttl 
 	start := time.Now()
 	ttlMS := ttl.Milliseconds()
 	fenced := m.cfg.fencing
-	r := m.fanoutAfter(ctx, true, nil, true, func(ctx context.Context, c redis.Conn) nodeVote {
+	var aop *asyncOp
+	if !fenced {
+		aop = &asyncOp{script: &acquireScript, args: scriptArgs(&acquireScript, keys, token, ttlMS), decode: voteAcquire, guarded: true}
+	}
+	r := m.fanoutAfter(ctx, true, nil, true, aop, func(ctx context.Context, c redis.Conn) nodeVote {
 		if fenced {
 			return acquireFenced(ctx, c, keys[0], token, ttlMS)
 		}
-		reply, err := evalAcquire(ctx, c, keys, token, ttlMS)
-		if err != nil {
-			return nodeVote{err: err}
-		}
-		ok, pttl, err := decodeAcquire(reply)
-		switch {
-		case err != nil:
-			return nodeVote{err: err}
-		case !ok:
-			return nodeVote{err: ErrLocked, pttl: pttl}
-		}
-		return nodeVote{ok: true}
+		return voteAcquire(evalAcquire(ctx, c, keys, token, ttlMS))
 	}, func(ctx context.Context, n *node, v nodeVote) {
 		if errors.Is(v.err, ErrLocked) {
 			return // the script changed nothing on this node
@@ -495,6 +488,9 @@ func (m *Manager) tryLock(ctx context.Context, keys []string, token string, ttl 
 			return err
 		})
 	})
+	if !fenced {
+		r.release = scriptArgs(&releaseScript, keys, token)
+	}
 	var fence int64
 	failed := r // the round that decides the error
 	if fenced && r.ok >= m.quorum {
@@ -541,7 +537,10 @@ type round struct {
 	done     sync.WaitGroup     // every node's goroutine, cleanup included
 	finished []atomic.Bool      // per node: its attempt ended (when tracked, see fanoutAfter)
 	cancel   context.CancelFunc // releases the round's deadline once every node finished
-	left     atomic.Int32       // nodes still running their command
+	left     atomic.Int32       // goroutines still running their command
+	ch       chan nodeVote      // votes, buffered for every node
+	async    uint64             // nodes on the asynchronous path (bit i: node i)
+	release  []interface{}      // a failed acquire round: release arguments for its async nodes
 }
 
 // waitRound waits until every goroutine of r ended; it returns false if
@@ -576,42 +575,75 @@ func (m *Manager) waitRound(ctx context.Context, r *round) bool {
 // happened.
 func (m *Manager) fanout(ctx context.Context, guarded bool, op func(ctx context.Context, c redis.Conn) nodeVote,
 	cleanup func(ctx context.Context, n *node, v nodeVote)) *round {
-	return m.fanoutAfter(ctx, guarded, nil, false, op, cleanup)
+	return m.fanoutAfter(ctx, guarded, nil, false, nil, op, cleanup)
 }
 
-// fanoutAfter is fanout with per-node ordering. If after is not nil, the
-// command for node i is sent only once after.finished[i] is set: Unlock and
-// Extend pass the lock's acquire round, so that their command reaches a node
-// after the lock's own acquire, even when that acquire was a straggler. (On
-// one node, commands run in the order they are queued: once the acquire's
-// attempt ended, it was either queued before us or never sent.) If track,
+// fanoutAfter is fanout with per-node ordering, and with the asynchronous
+// path (see async.go) when aop is not nil. If after is not nil, the command
+// for node i is sent only once after.finished[i] is set: Unlock and Extend
+// pass the lock's acquire round, so that their command reaches a node after
+// the lock's own acquire, even when that acquire was a straggler. (On one
+// node, commands run in the order they are queued: once the acquire was
+// queued, or its attempt ended, it runs before us or never.) If track,
 // r.finished is kept for such later rounds.
-func (m *Manager) fanoutAfter(ctx context.Context, guarded bool, after *round, track bool,
+func (m *Manager) fanoutAfter(ctx context.Context, guarded bool, after *round, track bool, aop *asyncOp,
 	op func(ctx context.Context, c redis.Conn) nodeVote, cleanup func(ctx context.Context, n *node, v nodeVote)) *round {
 	r := &round{m: m, decided: make(chan struct{}), votes: make([]nodeVote, 0, len(m.nodes))}
 	if track {
 		r.finished = make([]atomic.Bool, len(m.nodes))
 	}
-	// One deadline for the round. It is not cancelled with the caller's
-	// ctx: a straggler still reaches its node (and a failed round's cleanup
-	// still runs), bounded by the node timeout; the caller stops waiting at
-	// once (below). The last node to finish releases it.
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.nodeTimeout)
-	r.cancel = cancel
-	r.left.Store(int32(len(m.nodes)))
-	ch := make(chan nodeVote, len(m.nodes))
+	r.ch = make(chan nodeVote, len(m.nodes))
+	goroutines := len(m.nodes)
 	for i, n := range m.nodes {
-		m.wg.Add(1)
-		r.done.Add(1)
-		go r.run(ctx, rctx, i, n, guarded, after, op, cleanup, ch) // a call, not a closure: no allocation
+		if aop != nil && i < 64 && n.mux != nil && n.sentinel == nil &&
+			(after == nil || after.finished[i].Load()) && r.submit(i, n, aop) {
+			r.async |= 1 << i
+			goroutines--
+			if track {
+				r.finished[i].Store(true) // queued: whatever is queued later runs after it
+			}
+		}
+	}
+	if goroutines > 0 {
+		// One deadline for the goroutines. It is not cancelled with the
+		// caller's ctx: a straggler still reaches its node (and a failed
+		// round's cleanup still runs), bounded by the node timeout; the
+		// caller stops waiting at once (below). The last one releases it.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.nodeTimeout)
+		r.cancel = cancel
+		r.left.Store(int32(goroutines))
+		for i, n := range m.nodes {
+			if r.async&(1<<i) == 0 {
+				m.wg.Add(1)
+				r.done.Add(1)
+				go r.run(ctx, rctx, i, n, guarded, after, op, cleanup, r.ch) // a call, not a closure: no allocation
+			}
+		}
+	}
+	var deadline <-chan time.Time
+	if r.async != 0 {
+		t := time.NewTimer(m.cfg.nodeTimeout)
+		defer t.Stop()
+		deadline = t.C
 	}
 	failed := 0
+	var answered uint64
 	for range m.nodes {
 		var v nodeVote
 		select {
-		case v = <-ch:
+		case v = <-r.ch:
 		case <-ctx.Done():
 			return r // the caller adds ctx.Err() to its error
+		case <-deadline:
+			for i := range m.nodes {
+				if r.async&(1<<i) != 0 && answered&(1<<i) == 0 {
+					r.votes = append(r.votes, nodeVote{node: i, err: errNoReply})
+				}
+			}
+			return r
+		}
+		if v.node < 64 {
+			answered |= 1 << v.node
 		}
 		r.votes = append(r.votes, v)
 		if v.ok {
@@ -684,6 +716,31 @@ func (r *round) waitFinished(ctx context.Context, i int) error {
 func (r *round) decide(success bool) {
 	r.success.Store(success)
 	close(r.decided)
+	if success || r.release == nil {
+		return
+	}
+	// The goroutine nodes clean up themselves (see run). On the async
+	// nodes the release is queued behind the acquire on the same
+	// connection, so it runs after it even if the acquire's reply is late.
+	for i, n := range r.m.nodes {
+		if r.async&(1<<i) == 0 || r.refused(i) {
+			continue
+		}
+		if c := n.mux.ready(); c != nil {
+			releaseAsync(c, &r.m.wg, r.release)
+		}
+	}
+}
+
+// refused reports whether node i answered that another token holds the
+// key: its acquire changed nothing and needs no release.
+func (r *round) refused(i int) bool {
+	for _, v := range r.votes {
+		if v.node == i {
+			return errors.Is(v.err, ErrLocked)
+		}
+	}
+	return false
 }
 
 // quorumError builds the error for a failed round.
@@ -730,15 +787,9 @@ func (m *Manager) Extend(ctx context.Context, l *Lock, ttl time.Duration) error 
 	m.noteTTL(ttl)
 	start := time.Now()
 	ttlMS := ttl.Milliseconds()
-	r := m.fanoutAfter(ctx, true, l.acquired, false, func(ctx context.Context, c redis.Conn) nodeVote {
-		n, err := evalExtend(ctx, c, l.keys, l.token, ttlMS)
-		switch {
-		case err != nil:
-			return nodeVote{err: err}
-		case n != 1:
-			return nodeVote{err: ErrNotHeld}
-		}
-		return nodeVote{ok: true}
+	aop := &asyncOp{script: &extendScript, args: scriptArgs(&extendScript, l.keys, l.token, ttlMS), decode: voteExtend, guarded: true}
+	r := m.fanoutAfter(ctx, true, l.acquired, false, aop, func(ctx context.Context, c redis.Conn) nodeVote {
+		return voteExtend(evalExtend(ctx, c, l.keys, l.token, ttlMS))
 	}, nil)
 	validity := ttl - time.Since(start) - m.drift(ttl)
 	if r.ok >= m.quorum && validity > 0 {
@@ -774,16 +825,10 @@ func (m *Manager) Unlock(ctx context.Context, l *Lock) error {
 	}
 	defer m.wg.Done()
 	l.release()
-	want := int64(len(l.keys))
-	r := m.fanoutAfter(ctx, false, l.acquired, false, func(ctx context.Context, c redis.Conn) nodeVote {
-		n, err := evalRelease(ctx, c, l.keys, l.token)
-		switch {
-		case err != nil:
-			return nodeVote{err: err}
-		case n != want:
-			return nodeVote{err: ErrNotHeld}
-		}
-		return nodeVote{ok: true}
+	vote := voteRelease(int64(len(l.keys)))
+	aop := &asyncOp{script: &releaseScript, args: scriptArgs(&releaseScript, l.keys, l.token), decode: vote}
+	r := m.fanoutAfter(ctx, false, l.acquired, false, aop, func(ctx context.Context, c redis.Conn) nodeVote {
+		return vote(evalRelease(ctx, c, l.keys, l.token))
 	}, nil)
 	if r.ok >= m.quorum {
 		return nil

@@ -48,7 +48,9 @@ type luaScript struct {
 	keyCount int         // -1: any number of keys
 }
 
-// evalScript is the one place that runs a script on a node. It sends
+// evalScript runs a script on a node and waits for the reply (the
+// asynchronous path of async.go is the other way; both build arguments
+// with scriptArgs and fall back alike). It sends
 // EVALSHA; when the node answers NOSCRIPT (it restarted, was flushed, or a
 // Sentinel failover promoted a replica that never saw SCRIPT LOAD) it sends
 // EVAL with the full source, which also caches the script, so the next call
@@ -57,16 +59,10 @@ func evalScript(ctx context.Context, c redis.Conn, s *luaScript, keys []string, 
 	if s.keyCount >= 0 && len(keys) != s.keyCount {
 		return nil, errors.New("redlock: script " + s.name + ": wrong number of keys")
 	}
-	cmdArgs := make([]interface{}, 0, 2+len(keys)+len(args))
-	cmdArgs = append(cmdArgs, s.sha1Arg, len(keys))
-	for _, k := range keys {
-		cmdArgs = append(cmdArgs, k)
-	}
-	cmdArgs = append(cmdArgs, args...)
+	cmdArgs := scriptArgs(s, keys, args...)
 	reply, err := redis.DoContext(c, ctx, "EVALSHA", cmdArgs...)
 	if err != nil && isNoScript(err) {
-		cmdArgs[0] = s.source
-		reply, err = redis.DoContext(c, ctx, "EVAL", cmdArgs...)
+		reply, err = redis.DoContext(c, ctx, "EVAL", evalArgs(s, cmdArgs)...)
 	}
 	return reply, err
 }

@@ -1,0 +1,156 @@
+package redlock
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/gomodule/redigo/redis"
+)
+
+// The asynchronous path: on nodes whose connection redlock owns (a mux) and
+// that is up, a round does not start a goroutine per node. It queues the
+// same EVALSHA on every node's pipelined connection and the readers hand
+// each reply to the round (asyncDone). This is the hot path of Lock, Extend
+// and Unlock: no goroutine, context or argument slice per node, and a
+// paused node costs a queued command, not a parked goroutine. Nodes without
+// a ready connection (first use, redial, Sentinel, caller-owned Pool) take
+// the goroutine path with the generated wrappers; both paths build their
+// arguments with scriptArgs and fall back to EVAL on NOSCRIPT the same way.
+
+// asyncOp is one script sent alike to every node of a round.
+type asyncOp struct {
+	script  *luaScript
+	args    []interface{} // EVALSHA arguments, shared by all nodes: never written to
+	decode  func(reply interface{}, err error) nodeVote
+	guarded bool // see fanout
+}
+
+// errNoReply is the vote of a node that did not answer within the node
+// timeout on the asynchronous path.
+var errNoReply = fmt.Errorf("redlock: no reply within the node timeout: %w", context.DeadlineExceeded)
+
+// scriptArgs builds EVALSHA's arguments: digest, key count, keys, argv.
+func scriptArgs(s *luaScript, keys []string, argv ...interface{}) []interface{} {
+	args := make([]interface{}, 0, 2+len(keys)+len(argv))
+	args = append(args, s.sha1Arg, len(keys))
+	for _, k := range keys {
+		args = append(args, k)
+	}
+	return append(args, argv...)
+}
+
+// evalArgs turns EVALSHA arguments into EVAL's, for the NOSCRIPT fallback.
+func evalArgs(s *luaScript, args []interface{}) []interface{} {
+	out := make([]interface{}, len(args))
+	copy(out, args)
+	out[0] = s.source
+	return out
+}
+
+// submit queues op on node i's pipelined connection. It returns false,
+// having done nothing, when the node has no ready connection.
+func (r *round) submit(i int, n *node, op *asyncOp) bool {
+	c := n.mux.ready()
+	if c == nil {
+		return false
+	}
+	cl := callPool.Get().(*call)
+	cl.cmd, cl.args, cl.onDone = "EVALSHA", op.args, asyncDone
+	cl.conn, cl.r, cl.node, cl.script, cl.decode, cl.guarded = c, r, i, op.script, op.decode, op.guarded
+	cl.wg = &r.m.wg // Close waits for the stragglers too
+	r.m.wg.Add(1)
+	r.done.Add(1)
+	if err := c.enqueue(cl); err != nil {
+		cl.err = err
+		asyncDone(cl)
+	}
+	return true
+}
+
+// release queues a release of keys/token on node i and forgets it; wg
+// tracks it until the node answered (Manager.Close waits for it).
+func releaseAsync(c *muxConn, wg *sync.WaitGroup, args []interface{}) {
+	cl := callPool.Get().(*call)
+	cl.cmd, cl.args, cl.onDone = "EVALSHA", args, asyncDone
+	cl.conn, cl.script, cl.wg = c, &releaseScript, wg
+	wg.Add(1)
+	if err := c.enqueue(cl); err != nil {
+		cl.err = err
+		asyncDone(cl)
+	}
+}
+
+// asyncDone finishes an asynchronous call: the reader (or fail) runs it
+// with the reply.
+func asyncDone(cl *call) {
+	if cl.err != nil && cl.cmd == "EVALSHA" && isNoScript(cl.err) {
+		cl.cmd, cl.args, cl.reply, cl.err = "EVAL", evalArgs(cl.script, cl.args), nil, nil
+		if err := cl.conn.enqueue(cl); err == nil {
+			return // asyncDone runs again with the EVAL's reply
+		} else {
+			cl.err = err
+		}
+	}
+	r, i, wg := cl.r, cl.node, cl.wg
+	var v nodeVote
+	if r != nil {
+		v = cl.decode(cl.reply, cl.err)
+		v.node = i
+		if cl.guarded && v.err == nil && r.m.nodes[i].guard.quarantined() {
+			v.ok, v.err = false, errRestarted
+		}
+	}
+	*cl = call{done: cl.done}
+	callPool.Put(cl)
+	if r != nil {
+		r.ch <- v // buffered for every node: never blocks
+		r.done.Done()
+	}
+	if wg != nil {
+		wg.Done()
+	}
+}
+
+// voteAcquire reads acquire.lua's reply as a vote.
+func voteAcquire(reply interface{}, err error) nodeVote {
+	vals, err := redis.Values(reply, err)
+	if err != nil {
+		return nodeVote{err: err}
+	}
+	ok, pttl, err := decodeAcquire(vals)
+	switch {
+	case err != nil:
+		return nodeVote{err: err}
+	case !ok:
+		return nodeVote{err: ErrLocked, pttl: pttl}
+	}
+	return nodeVote{ok: true}
+}
+
+// voteExtend reads extend.lua's reply as a vote.
+func voteExtend(reply interface{}, err error) nodeVote {
+	n, err := redis.Int64(reply, err)
+	switch {
+	case err != nil:
+		return nodeVote{err: err}
+	case n != 1:
+		return nodeVote{err: ErrNotHeld}
+	}
+	return nodeVote{ok: true}
+}
+
+// voteRelease returns a decoder of release.lua's reply: a node agrees when
+// it deleted every key.
+func voteRelease(want int64) func(reply interface{}, err error) nodeVote {
+	return func(reply interface{}, err error) nodeVote {
+		n, err := redis.Int64(reply, err)
+		switch {
+		case err != nil:
+			return nodeVote{err: err}
+		case n != want:
+			return nodeVote{err: ErrNotHeld}
+		}
+		return nodeVote{ok: true}
+	}
+}
