@@ -34,8 +34,12 @@ func TestDoCancelsFnWhenLockDeletedBehindItsBack(t *testing.T) {
 		var cancelledAfter time.Duration
 		var cause error
 		err := m.Do(ctx, resource, ttl, func(fctx context.Context) error {
-			require.Equal(t, 3, coreHolders(t, dbs, resource, func() string { v, _ := dbs[0].get(t, resource); return v }()),
-				"the lock is not held on every node when fn starts")
+			// Lock returned at quorum; let the last node's acquire land too,
+			// so that the DEL below removes the key everywhere.
+			harness.WaitFor(t, 2*time.Second, func() bool {
+				v, _ := dbs[0].get(t, resource)
+				return v != "" && coreHolders(t, dbs, resource, v) == 3
+			}, "the lock is not held on every node while fn runs")
 			deleted := time.Now()
 			for _, d := range dbs {
 				d.do(t, "DEL", resource)
@@ -65,7 +69,7 @@ func TestDoCancelsFnWhenLockDeletedBehindItsBack(t *testing.T) {
 			require.NoError(t, fctx.Err(), "fn's ctx cancelled although the extensions succeed (cause %v)", context.Cause(fctx))
 			v, ok := dbs[0].get(t, resource)
 			require.True(t, ok, "the key lapsed while fn ran: Do did not extend it")
-			require.Equal(t, 3, coreHolders(t, dbs, resource, v), "not every node holds the extended key")
+			require.GreaterOrEqual(t, coreHolders(t, dbs, resource, v), 2, "fewer than a quorum hold the extended key")
 			return nil
 		})
 		require.NoError(t, err)

@@ -107,10 +107,15 @@ func TestGetLockRebuildsHandleInAnotherManager(t *testing.T) {
 	require.True(t, time.Until(l2.Until()) > 8*time.Second, "rebuilt handle's validity %v is far below the key's PTTL", time.Until(l2.Until()))
 
 	require.NoError(t, l2.Extend(ctx, 20*time.Second), "Extend through the rebuilt handle")
-	for _, d := range dbs {
-		p := d.pttl(t, resource)
-		require.True(t, p > 19000, "PTTL on %s after Extend(20s) through the rebuilt handle: %dms", d, p)
-	}
+	// Extend returns at quorum; the last node may answer a moment later.
+	harness.WaitFor(t, 2*time.Second, func() bool {
+		for _, d := range dbs {
+			if d.pttl(t, resource) < 15000 {
+				return false
+			}
+		}
+		return true
+	}, "some node's PTTL was not raised to ~20s by Extend through the rebuilt handle")
 	require.NoError(t, l2.Unlock(ctx), "Unlock through the rebuilt handle")
 	coreWaitGone(t, dbs, resource, "after Unlock through the rebuilt handle")
 	require.ErrorIs(t, l1.Extend(ctx, 0), redlock.ErrNotHeld, "the original handle after the rebuilt one released the lock")

@@ -95,7 +95,11 @@ func TestForeignTokenNeverTouchesHolder(t *testing.T) {
 
 	// requireIntact checks the holder's key on every node: its token, and a
 	// PTTL that only went down since snapshot (an Extend would reset it).
-	snapshot := func(resource string) []int64 {
+	snapshot := func(resource, token string) []int64 {
+		t.Helper()
+		// Lock returned at quorum: wait for the last node's acquire too.
+		harness.WaitFor(t, 2*time.Second, func() bool { return coreHolders(t, dbs, resource, token) == len(dbs) },
+			"the holder's token is not on every node")
 		out := make([]int64, len(dbs))
 		for i, d := range dbs {
 			out[i] = d.pttl(t, resource)
@@ -129,7 +133,7 @@ func TestForeignTokenNeverTouchesHolder(t *testing.T) {
 		holder, err := m2.Lock(ctx, "B", 10*time.Second)
 		require.NoError(t, err, "new holder takes the lapsed resource")
 		require.NotEqual(t, stale.Token(), holder.Token())
-		before := snapshot("B")
+		before := snapshot("B", holder.Token())
 
 		err = stale.Extend(ctx, 200*time.Millisecond)
 		require.ErrorIs(t, err, redlock.ErrNotHeld, "Extend with a stale token")
@@ -154,7 +158,7 @@ func TestForeignTokenNeverTouchesHolder(t *testing.T) {
 		coreWaitGone(t, dbs, "C", "after Unlock")
 		holder, err := m2.Lock(ctx, "C", 10*time.Second)
 		require.NoError(t, err)
-		before := snapshot("C")
+		before := snapshot("C", holder.Token())
 		require.ErrorIs(t, old.Extend(ctx, 0), redlock.ErrNotHeld, "Extend of a released lock")
 		require.ErrorIs(t, old.Unlock(ctx), redlock.ErrNotHeld, "second Unlock of a released lock")
 		requireIntact("C", holder.Token(), before, "a released handle")
@@ -164,7 +168,7 @@ func TestForeignTokenNeverTouchesHolder(t *testing.T) {
 	t.Run("custom token handle on a resource held by another token", func(t *testing.T) {
 		holder, err := m1.Lock(ctx, "D", 10*time.Second, redlock.WithToken("holder-token"))
 		require.NoError(t, err)
-		before := snapshot("D")
+		before := snapshot("D", holder.Token())
 		_, err = m2.Lock(ctx, "D", time.Second, redlock.WithToken("intruder-token"))
 		require.ErrorIs(t, err, redlock.ErrLocked, "Lock of a held resource with another token")
 		requireIntact("D", "holder-token", before, "a refused Lock with another token")
