@@ -21,8 +21,9 @@ import (
 // library's.
 const (
 	// poolSize is the most connections per node: redsync's redigo pool gets
-	// it explicitly; redlock.Addr nodes use redlock.DefaultPoolSize, which
-	// is the same number.
+	// it explicitly; redlock.Addr nodes get the library's defaults, whose
+	// bound (redlock.DefaultPoolSize) is the same number. How many
+	// connections a library actually opens is part of what is measured.
 	poolSize = 64
 	// nodeTimeout bounds one command on one node: redlock's
 	// WithNodeTimeout, redsync's redigo connect/read/write timeouts (its

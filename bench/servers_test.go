@@ -37,6 +37,8 @@ func TestMain(m *testing.M) {
 	if f := flag.Lookup("test.bench"); f == nil || f.Value.String() == "" {
 		os.Exit(m.Run())
 	}
+	// The report shows which library source was measured.
+	fmt.Println("redlock-source:", sourceRevision())
 	if err := startServers(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		stopServers()
@@ -45,6 +47,16 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	stopServers()
 	os.Exit(code)
+}
+
+// sourceRevision describes the library's source tree: git describe of the
+// repository, "-dirty" with uncommitted changes.
+func sourceRevision() string {
+	out, err := exec.Command("git", "-C", "..", "describe", "--always", "--dirty").Output()
+	if err != nil {
+		return "unknown"
+	}
+	return string(bytes.TrimSpace(out))
 }
 
 // server is one redis-server process started by TestMain.

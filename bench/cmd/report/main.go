@@ -65,7 +65,7 @@ func readInput(path string) ([]byte, error) {
 // results holds every benchmark line of one go test output.
 type results struct {
 	bench    map[string]map[string][]float64 // name without -GOMAXPROCS -> unit -> values, one per run
-	header   map[string]string               // goos, goarch, pkg, cpu
+	header   map[string]string               // goos, goarch, pkg, cpu, redlock-source
 	passed   bool                            // an "ok" or "PASS" line
 	failures []string                        // FAIL, --- FAIL, panic lines
 }
@@ -88,7 +88,7 @@ func parse(raw []byte) *results {
 		case strings.HasPrefix(line, "FAIL") || strings.HasPrefix(line, "--- FAIL") || strings.HasPrefix(line, "panic:"):
 			r.failures = append(r.failures, line)
 		default:
-			for _, k := range []string{"goos", "goarch", "pkg", "cpu"} {
+			for _, k := range []string{"goos", "goarch", "pkg", "cpu", "redlock-source"} {
 				if v, ok := strings.CutPrefix(line, k+": "); ok {
 					r.header[k] = v
 				}
@@ -133,6 +133,22 @@ func (r *results) median(bench, unit string) (float64, bool) {
 		return v[len(v)/2], true
 	}
 	return (v[len(v)/2-1] + v[len(v)/2]) / 2, true
+}
+
+// value is what the table shows for one benchmark's metric over its runs:
+// the worst run for success-% (lowest) and the peak-* counts (highest), the
+// median for the rest.
+func (r *results) value(bench, unit string) (float64, bool) {
+	v := r.bench[bench][unit]
+	switch {
+	case len(v) == 0:
+		return 0, false
+	case unit == "success-%":
+		return slices.Min(v), true
+	case strings.HasPrefix(unit, "peak-"):
+		return slices.Max(v), true
+	}
+	return r.median(bench, unit)
 }
 
 // runs returns the most runs any benchmark has.
@@ -192,11 +208,13 @@ var rows = []row{
 	{"a. cycle, p=1", "cycles/s", "BenchmarkCycle/%s/p1", "cycles/s", ratioAtLeast(1.2)},
 	{"a. cycle, p=1", "p50 ms", "BenchmarkCycle/%s/p1", "p50-ms", nil},
 	{"a. cycle, p=1", "p99 ms", "BenchmarkCycle/%s/p1", "p99-ms", nil},
+	{"a. cycle, p=1", "success %", "BenchmarkCycle/%s/p1", "success-%", oursAtLeast(100, "%")},
 	{"a. cycle, p=1", "allocs/op", "BenchmarkCycle/%s/p1", "allocs/op", ratioAtMost(0.33)},
 	{"a. cycle, p=1", "B/op", "BenchmarkCycle/%s/p1", "B/op", nil},
 	{"a. cycle, p=64", "cycles/s", "BenchmarkCycle/%s/p64", "cycles/s", ratioAtLeast(3.0)},
 	{"a. cycle, p=64", "p50 ms", "BenchmarkCycle/%s/p64", "p50-ms", nil},
 	{"a. cycle, p=64", "p99 ms", "BenchmarkCycle/%s/p64", "p99-ms", nil},
+	{"a. cycle, p=64", "success %", "BenchmarkCycle/%s/p64", "success-%", oursAtLeast(100, "%")},
 	{"a. cycle, p=64", "allocs/op", "BenchmarkCycle/%s/p64", "allocs/op", ratioAtMost(0.33)},
 	{"a. cycle, p=64", "B/op", "BenchmarkCycle/%s/p64", "B/op", nil},
 	{"b. 1 of 5 paused, p=1", "cycles/s", "BenchmarkPausedNode/%s/p1", "cycles/s", nil},
@@ -227,11 +245,11 @@ func (r *results) table() string {
 	fmt.Fprintf(&b, "| scenario | metric | redlock (ours) | redsync | ours/redsync | target | met |\n")
 	fmt.Fprintf(&b, "|---|---|---:|---:|---:|---|---|\n")
 	for _, rw := range rows {
-		o, okO := r.median(fmt.Sprintf(rw.bench, ours), rw.unit)
-		s, okS := r.median(fmt.Sprintf(rw.bench, theirs), rw.unit)
+		o, okO := r.value(fmt.Sprintf(rw.bench, ours), rw.unit)
+		s, okS := r.value(fmt.Sprintf(rw.bench, theirs), rw.unit)
 		ratio, tgt, met := "", "", ""
 		if okO && okS && s != 0 {
-			ratio = fmt.Sprintf("%.2fx", o/s)
+			ratio = formatRatio(o / s)
 		}
 		if rw.target != nil {
 			tgt = rw.target.text
@@ -262,7 +280,7 @@ func (r *results) table() string {
 		}
 		var cells []string
 		for _, u := range []string{"cycles/s", "p99-ms", "success-%", "peak-goroutines", "peak-conns"} {
-			v, ok := r.median(name, u)
+			v, ok := r.value(name, u)
 			cells = append(cells, format(v, ok, u))
 		}
 		fmt.Fprintf(&info, "| %s | %s |\n", p, strings.Join(cells, " | "))
@@ -273,8 +291,22 @@ func (r *results) table() string {
 		b.WriteString("|---|---:|---:|---:|---:|---:|\n")
 		b.WriteString(info.String())
 	}
-	fmt.Fprintf(&b, "\nMedians of %d runs per benchmark. ours/redsync: higher is better for cycles/s, lower for ms, allocs and bytes.\n", r.runs())
+	fmt.Fprintf(&b, "\nMedians of %d runs per benchmark, except success %% (the worst run) and the peak counts (the highest run).\n"+
+		"ours/redsync: higher is better for cycles/s, lower for ms, allocs and bytes.\n", r.runs())
 	return b.String()
+}
+
+// formatRatio prints a ratio with 2-3 significant digits.
+func formatRatio(x float64) string {
+	switch {
+	case x >= 100:
+		return strconv.FormatFloat(x, 'f', 0, 64) + "x"
+	case x >= 0.1:
+		return strconv.FormatFloat(x, 'f', 2, 64) + "x"
+	case x >= 0.001:
+		return strconv.FormatFloat(x, 'f', 3, 64) + "x"
+	}
+	return "<0.001x"
 }
 
 func percent(f float64, ok bool) string {

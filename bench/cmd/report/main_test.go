@@ -17,6 +17,8 @@ BenchmarkCycle/redlock/p64-2        	   15998	    104663 ns/op	     12000 cycles
 BenchmarkCycle/redsync/p1-2         	    2740	    491106 ns/op	      2000 cycles/s	         0.4325 p50-ms	         1.540 p99-ms	    3616 B/op	      98 allocs/op
 BenchmarkCycle/redsync/p64-2        	    5917	    189793 ns/op	      5000 cycles/s	        11.41 p50-ms	        24.34 p99-ms	    3619 B/op	      98 allocs/op
 BenchmarkPausedNode/redlock/p1-2    	    3157	    439729 ns/op	      2274 cycles/s	         0.3709 p50-ms	         2.209 p99-ms	         1.000 peak-conns	      2345 peak-goroutines	       100.0 success-%	   11330 B/op	     182 allocs/op
+BenchmarkPausedNode/redlock/p1-2    	    3157	    439729 ns/op	      2274 cycles/s	         0.3709 p50-ms	         2.209 p99-ms	         1.000 peak-conns	      9000 peak-goroutines	       99.5 success-%	   11330 B/op	     182 allocs/op
+BenchmarkPausedNode/redlock/p1-2    	    3157	    439729 ns/op	      2274 cycles/s	         0.3709 p50-ms	         2.209 p99-ms	         1.000 peak-conns	      2000 peak-goroutines	       100.0 success-%	   11330 B/op	     182 allocs/op
 BenchmarkPausedNode/redsync-failfast/p16-2        	    4935	    217645 ns/op	      4595 cycles/s	         2.518 p50-ms	        17.09 p99-ms	        64.00 peak-conns	      4933 peak-goroutines	       100.0 success-%	    4169 B/op	      88 allocs/op
 BenchmarkHandoff
 BenchmarkHandoff/redlock-2                        	       6	 187943098 ns/op	       1.5 p50-ms	       248.9 p99-ms	   30101 B/op	     530 allocs/op
@@ -24,13 +26,16 @@ PASS
 ok  	github.com/redlock-go/redlock/bench	23.479s
 `
 
-func TestParseTakesTheMedianOfEveryRun(t *testing.T) {
+func TestParseTakesTheMedianOrWorstOfEveryRun(t *testing.T) {
 	r := parse([]byte(sample))
 	if got, ok := r.median("BenchmarkCycle/redlock/p1", "cycles/s"); !ok || got != 2600 {
 		t.Errorf("median cycles/s of 2400, 2600, 9000 = %v (%v), want 2600", got, ok)
 	}
-	if got, ok := r.median("BenchmarkPausedNode/redlock/p1", "success-%"); !ok || got != 100 {
-		t.Errorf("success-%% = %v (%v), want 100", got, ok)
+	if got, ok := r.value("BenchmarkPausedNode/redlock/p1", "success-%"); !ok || got != 99.5 {
+		t.Errorf("success-%% of 100, 99.5, 100 = %v (%v), want the worst, 99.5", got, ok)
+	}
+	if got, ok := r.value("BenchmarkPausedNode/redlock/p1", "peak-goroutines"); !ok || got != 9000 {
+		t.Errorf("peak-goroutines of 2345, 9000, 2000 = %v (%v), want the highest, 9000", got, ok)
 	}
 	if _, ok := r.median("BenchmarkHandoff", "p50-ms"); ok {
 		t.Error("the parent line BenchmarkHandoff (no values) produced a result")
@@ -56,6 +61,14 @@ func TestTableShowsRatiosTargetsAndCeilingShare(t *testing.T) {
 	} {
 		if !strings.Contains(table, want) {
 			t.Errorf("table lacks %q:\n%s", want, table)
+		}
+	}
+}
+
+func TestFormatRatioKeepsSmallAndLargeRatiosReadable(t *testing.T) {
+	for x, want := range map[float64]string{1674.85: "1675x", 2.3204: "2.32x", 0.0216: "0.022x", 0.0004: "<0.001x"} {
+		if got := formatRatio(x); got != want {
+			t.Errorf("formatRatio(%v) = %q, want %q", x, got, want)
 		}
 	}
 }

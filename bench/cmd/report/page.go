@@ -43,8 +43,21 @@ func (r *results) machine() [][2]string {
 		{"OS/arch", runtime.GOOS + "/" + runtime.GOARCH},
 		{"redis-server", orUnknown(commandLine("redis-server", "--version"))},
 		{"go", runtime.Version()},
+		{"redlock source", r.source()},
 		{"load average at report time", orUnknown(loadAvg())},
 	}
+}
+
+// source is the library revision the benchmarks printed, or the one here
+// now when the output predates that line.
+func (r *results) source() string {
+	if v := r.header["redlock-source"]; v != "" {
+		return v
+	}
+	if v := commandLine("git", "-C", "..", "describe", "--always", "--dirty"); v != "" {
+		return v + " (at report time; the output does not say)"
+	}
+	return "unknown"
 }
 
 func cpuModel() string {
@@ -99,7 +112,7 @@ end). Both libraries get the same settings:
 | setting | redlock (ours) | redsync v4.18.1 (redigo driver) |
 |---|---|---|
 | nodes | 5 × ` + "`redlock.Addr`" + ` | 5 × ` + "`redigo.NewPool(&redis.Pool{...})`" + ` |
-| connections per node | 64 (` + "`DefaultPoolSize`" + `) | ` + "`MaxIdle: 64, MaxActive: 64, Wait: true`" + ` |
+| connections per node | the library's default (at most ` + "`DefaultPoolSize`" + ` = 64) | ` + "`MaxIdle: 64, MaxActive: 64, Wait: true`" + ` |
 | per-node timeout | ` + "`WithNodeTimeout(500ms)`" + ` | redigo connect/read/write timeout 500ms |
 | TTL | 8s | ` + "`WithExpiry(8s)`" + ` (its default) |
 | attempts (a, b) | ` + "`WithRetryCount(1)`" + ` | ` + "`WithTries(1)`" + ` |
