@@ -22,7 +22,7 @@ func TestPercentileIsNearestRank(t *testing.T) {
 
 func TestConnCounterCountsClientSideOfEstablishedConnections(t *testing.T) {
 	if runtime.GOOS != "linux" {
-		t.Skip("reads /proc/net/tcp")
+		t.Skip("counts with Linux's sock_diag")
 	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

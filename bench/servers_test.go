@@ -5,7 +5,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -187,73 +186,4 @@ func (s *server) stop() {
 		<-s.exited
 	}
 	os.RemoveAll(s.dir)
-}
-
-// connCounter counts the established TCP connections on this machine
-// (IPv4, so the loopback servers) whose remote port is port: the client
-// side of every connection to that server, whichever process opened it. It
-// reads /proc/net/tcp, which works while the server is paused (INFO clients
-// would not), into a reused buffer: sampling allocates next to nothing, so
-// it does not distort the benchmark's allocation counts.
-type connCounter struct {
-	port int
-	buf  []byte
-}
-
-func (c *connCounter) count() (int, error) {
-	f, err := os.Open("/proc/net/tcp")
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	if c.buf == nil {
-		c.buf = make([]byte, 1<<20)
-	}
-	n := 0
-	for {
-		m, err := f.Read(c.buf[n:])
-		n += m
-		if err == io.EOF || (err == nil && m == 0) {
-			break
-		}
-		if err != nil {
-			return 0, err
-		}
-		if n == len(c.buf) {
-			c.buf = append(c.buf, make([]byte, len(c.buf))...)
-		}
-	}
-	var port [5]byte // ":%04X"
-	const hex = "0123456789ABCDEF"
-	port[0] = ':'
-	for i := range 4 {
-		port[4-i] = hex[(c.port>>(4*i))&0xf]
-	}
-	count := 0
-	data := c.buf[:n]
-	if i := bytes.IndexByte(data, '\n'); i >= 0 {
-		data = data[i+1:] // the header
-	}
-	for len(data) > 0 {
-		line := data
-		if i := bytes.IndexByte(data, '\n'); i >= 0 {
-			line, data = data[:i], data[i+1:]
-		} else {
-			data = nil
-		}
-		// sl local_address rem_address st ...; st 01 is ESTABLISHED.
-		var f [4][]byte
-		for k := range f {
-			line = bytes.TrimLeft(line, " ")
-			end := bytes.IndexByte(line, ' ')
-			if end < 0 {
-				end = len(line)
-			}
-			f[k], line = line[:end], line[end:]
-		}
-		if bytes.HasSuffix(f[2], port[:]) && string(f[3]) == "01" {
-			count++
-		}
-	}
-	return count, nil
 }

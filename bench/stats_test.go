@@ -33,6 +33,9 @@ func reportCycles(b *testing.B, r cycleResult) {
 	b.ReportMetric(100*float64(int64(len(r.lat))-r.fails)/float64(len(r.lat)), "success-%")
 }
 
+// connBuf is the samplers' receive buffer (one sampler runs at a time).
+var connBuf []byte
+
 // peakSampler samples, while a benchmark runs, the goroutine count and the
 // number of established connections to one port, and keeps the peaks.
 type peakSampler struct {
@@ -48,13 +51,17 @@ type peakSampler struct {
 }
 
 // samplePeaks starts sampling: goroutines every 2ms, connections to port
-// every 50ms (reading /proc/net/tcp costs more; a connection to a paused
-// node lives for a node timeout at least). Call stopSampling before
+// every 10ms (asking the kernel costs more; a connection to a paused node
+// lives for a node timeout at least). Call stopSampling before
 // reading the peaks.
 func samplePeaks(port int) *peakSampler {
-	// The buffer is allocated here, before the benchmark's timer restarts,
-	// so that it is not counted in the benchmark's B/op.
-	s := &peakSampler{conn: connCounter{port: port, buf: make([]byte, 1<<20)}, stop: make(chan struct{}), base: runtime.NumGoroutine()}
+	// The buffer is allocated before the benchmark's timer restarts, and
+	// kept from one sampler to the next, so that it is not counted in the
+	// benchmark's B/op.
+	if connBuf == nil {
+		connBuf = make([]byte, 64<<10)
+	}
+	s := &peakSampler{conn: connCounter{port: port, buf: connBuf}, stop: make(chan struct{}), base: runtime.NumGoroutine()}
 	s.done.Add(1)
 	go func() {
 		defer s.done.Done()
@@ -62,7 +69,7 @@ func samplePeaks(port int) *peakSampler {
 		defer t.Stop()
 		for tick := 0; ; tick++ {
 			s.goroutines = max(s.goroutines, runtime.NumGoroutine()-s.base-1) // -1: this one
-			if tick%25 == 0 && s.connErr == nil {
+			if tick%5 == 0 && s.connErr == nil {
 				n, err := s.conn.count()
 				s.conns, s.connErr = max(s.conns, n), err
 			}
@@ -80,4 +87,5 @@ func samplePeaks(port int) *peakSampler {
 func (s *peakSampler) stopSampling() {
 	close(s.stop)
 	s.done.Wait()
+	connBuf = s.conn.buf
 }
