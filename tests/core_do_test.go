@@ -73,13 +73,19 @@ func TestDoCancelsFnWhenLockDeletedBehindItsBack(t *testing.T) {
 			return nil
 		})
 		require.NoError(t, err)
+		// The last extension was at most ttl/3 ago: only a release frees it now.
+		locked, err := m.IsLocked(ctx, resource)
+		require.NoError(t, err)
+		require.False(t, locked, "resource still locked right after Do returned: Do did not release it")
 		coreWaitGone(t, dbs, resource, "after Do returned")
 	})
 
 	t.Run("fn returns an error", func(t *testing.T) {
 		const resource = "do/error"
 		errFn := errors.New("fn failed")
-		err := m.Do(ctx, resource, ttl, func(context.Context) error {
+		// A 10s ttl: the key vanishing within coreWaitGone's 3s is Do's
+		// release, not the expiry.
+		err := m.Do(ctx, resource, 10*time.Second, func(context.Context) error {
 			require.True(t, dbs[0].exists(t, resource), "key absent while fn runs")
 			return errFn
 		})
@@ -93,7 +99,7 @@ func TestDoCancelsFnWhenLockDeletedBehindItsBack(t *testing.T) {
 		var recovered interface{}
 		func() {
 			defer func() { recovered = recover() }()
-			_ = m.Do(ctx, resource, ttl, func(context.Context) error {
+			_ = m.Do(ctx, resource, 10*time.Second, func(context.Context) error {
 				require.True(t, dbs[0].exists(t, resource), "key absent while fn runs")
 				panic("boom")
 			})
