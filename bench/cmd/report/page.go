@@ -132,11 +132,11 @@ timer starts.
   success % counts cycles whose Lock and Unlock both succeeded; peak goroutines
   is the highest ` + "`runtime.NumGoroutine()`" + ` above the count before the loop (the
   workers included), sampled every 2ms; peak conns is the highest number of
-  established TCP connections to the paused server's port, read from
-  ` + "`/proc/net/tcp`" + ` every 50ms (the same count for both libraries). The loop's
-  length comes from ` + "`-benchtime`" + ` (time, not a fixed count), because every redsync
-  cycle waits for the paused node: a fixed 200 cycles at p=1 would take more
-  than three minutes per run.
+  established TCP connections to the paused server's port, asked of the kernel
+  (sock_diag) every 10ms: the same count for both libraries, whether the paused
+  server accepted them or not. The loop's length comes from ` + "`-benchtime`" + ` (time,
+  not a fixed count), because every redsync cycle waits for the paused node: a
+  fixed 200 cycles at p=1 would take more than three minutes per run.
 - **c. handoff** (` + "`BenchmarkHandoff/{lib}`" + `): a holder client takes a resource; a waiter
   client blocks in Lock on it; after 10–50ms (uniform) the holder unlocks. The
   handoff latency is the time from the holder's Unlock returning to the
@@ -146,7 +146,9 @@ timer starts.
   raw EVALSHA (one key each) to all five servers at once over redigo pipelines
   (2 connections per node, 128 pairs = 256 commands per flush), no lock logic.
   One op is one pair on every node, the server work of one lock cycle, so
-  pairs/s is R; no Redlock client on this machine can exceed R cycles/s.
+  pairs/s is R; no Redlock client on this machine can exceed R cycles/s. R runs
+  first and moves with the machine's load like everything else, so read the
+  share of R within one run.
 
 Profile ours, for example:
 
