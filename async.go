@@ -48,34 +48,29 @@ func evalArgs(s *luaScript, args []interface{}) []interface{} {
 	return out
 }
 
-// submit queues op on node i's pipelined connection. It returns false,
-// having done nothing, when the node has no ready connection.
-func (r *round) submit(i int, n *node, op *asyncOp) bool {
-	c := n.mux.ready()
-	if c == nil {
-		return false
-	}
+// submit queues op on node i's pipelined connection (see mux.submit); a
+// node that cannot take it votes at once with the error.
+func (r *round) submit(i int, n *node, op *asyncOp) {
 	cl := callPool.Get().(*call)
 	cl.cmd, cl.args, cl.onDone = "EVALSHA", op.args, asyncDone
-	cl.conn, cl.r, cl.node, cl.script, cl.decode, cl.guarded = c, r, i, op.script, op.decode, op.guarded
+	cl.r, cl.node, cl.script, cl.decode, cl.guarded = r, i, op.script, op.decode, op.guarded
 	cl.wg = &r.m.wg // Close waits for the stragglers too
 	r.m.wg.Add(1)
 	r.done.Add(1)
-	if err := c.enqueue(cl); err != nil {
+	if err := n.mux.submit(cl); err != nil {
 		cl.err = err
 		asyncDone(cl)
 	}
-	return true
 }
 
 // release queues a release of keys/token on node i and forgets it; wg
 // tracks it until the node answered (Manager.Close waits for it).
-func releaseAsync(c *muxConn, wg *sync.WaitGroup, args []interface{}) {
+func releaseAsync(m *mux, wg *sync.WaitGroup, args []interface{}) {
 	cl := callPool.Get().(*call)
 	cl.cmd, cl.args, cl.onDone = "EVALSHA", args, asyncDone
-	cl.conn, cl.script, cl.wg = c, &releaseScript, wg
+	cl.script, cl.wg = &releaseScript, wg
 	wg.Add(1)
-	if err := c.enqueue(cl); err != nil {
+	if err := m.submit(cl); err != nil {
 		cl.err = err
 		asyncDone(cl)
 	}
@@ -101,8 +96,10 @@ func asyncDone(cl *call) {
 			v.ok, v.err = false, errRestarted
 		}
 	}
-	*cl = call{done: cl.done}
-	callPool.Put(cl)
+	if !cl.abandoned { // an abandoned call is still in the pipeline: never reuse it
+		*cl = call{done: cl.done}
+		callPool.Put(cl)
+	}
 	if r != nil {
 		r.ch <- v // buffered for every node: never blocks
 		r.done.Done()

@@ -22,15 +22,20 @@ import (
 // read syscall per batch instead of N of each, and a connection pool into a
 // single socket per node.
 //
-// Faults: a caller waits at most its ctx (the node timeout). When the oldest
-// command in flight has waited longer than the node timeout, the node counts
-// as stalled (paused, overloaded or cut off) and new commands fail at once
-// instead of piling up behind it; after three node timeouts the connection
-// is closed and the next command dials a new one (with backoff). A reply
-// that says the node cannot write (READONLY, LOADING, MASTERDOWN: a failover)
-// closes the connection too, so the next dial asks Sentinel again. Commands
-// on one connection run in the order they were queued, which is what lets a
-// failed Lock release a key right after an acquire whose reply is late.
+// Faults: no command is waited for longer than the node timeout: a
+// watchdog completes older ones with errNoReply (their replies, if they ever
+// come, are read and dropped in order). When the oldest command in flight
+// has waited twice the node timeout, the node counts as stalled (paused,
+// overloaded or cut off) and new commands fail at once; after three node
+// timeouts the connection is closed and the next command dials a new one
+// (with backoff; while a redial follows a failure, commands fail at once
+// instead of waiting for it). A reply that says the node cannot write
+// (READONLY, LOADING, MASTERDOWN: a failover) closes the connection too, so
+// the next dial asks Sentinel again. Commands on one connection run in the
+// order they were queued, which is what lets a failed Lock release a key
+// right after an acquire whose reply is late, and Unlock follow the lock's
+// own acquire. Asynchronous calls queued while the first connection is
+// dialled wait for it, in order, within the node timeout.
 type mux struct {
 	dial       func(ctx context.Context) (redis.Conn, error)
 	base       context.Context // cancelled by Manager.Close
@@ -42,7 +47,9 @@ type mux struct {
 	dialErr  error         // last dial error, returned until nextDial
 	nextDial time.Time
 	backoff  time.Duration
+	later    []*call // asynchronous calls queued while the connection is dialled
 	closed   bool
+	stop     chan struct{}  // closed by close: ends the watchdog
 	wg       sync.WaitGroup // dialer, readers, writers
 }
 
@@ -60,7 +67,70 @@ const (
 )
 
 func newMux(base context.Context, stallAfter time.Duration, dial func(ctx context.Context) (redis.Conn, error)) *mux {
-	return &mux{dial: dial, base: base, stallAfter: stallAfter}
+	m := &mux{dial: dial, base: base, stallAfter: stallAfter, stop: make(chan struct{})}
+	m.wg.Add(1)
+	go m.watch()
+	return m
+}
+
+// watch is the mux's watchdog: every quarter of the node timeout it gives
+// up on commands that waited longer than the node timeout (they complete
+// with errNoReply, so no caller and no Close waits longer than that for a
+// hung node) and closes a connection stalled for three node timeouts.
+func (m *mux) watch() {
+	defer m.wg.Done()
+	t := time.NewTicker(max(m.stallAfter/4, 5*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case now := <-t.C:
+			m.expire(now)
+		}
+	}
+}
+
+// expire completes, with errNoReply, every command queued longer than the
+// node timeout.
+func (m *mux) expire(now time.Time) {
+	var late []*call
+	m.mu.Lock()
+	keep := m.later[:0]
+	for _, cl := range m.later {
+		if now.Sub(cl.queued) > m.stallAfter {
+			late = append(late, cl) // never sent: simply dropped
+		} else {
+			keep = append(keep, cl)
+		}
+	}
+	clear(m.later[len(keep):])
+	m.later = keep
+	c := m.conn
+	m.mu.Unlock()
+	if c != nil {
+		late = append(late, c.expire(now)...)
+		c.healthy() // closes it if stalled for long
+	}
+	failCalls(late, errNoReply)
+}
+
+// expire marks the commands queued longer than the node timeout as
+// abandoned and returns them for completion. They stay in the pipeline
+// (the reply still has to be read in order) but nobody waits for them.
+func (mc *muxConn) expire(now time.Time) []*call {
+	mc.mu.Lock()
+	defer mc.mu.Unlock()
+	var late []*call
+	for _, q := range [][]*call{mc.pending, mc.queue} {
+		for _, cl := range q {
+			if !cl.abandoned && now.Sub(cl.queued) > mc.m.stallAfter {
+				cl.abandoned = true
+				late = append(late, cl)
+			}
+		}
+	}
+	return late
 }
 
 // get returns a healthy connection, dialling one if needed, within ctx.
@@ -71,9 +141,16 @@ func (m *mux) get(ctx context.Context) (*muxConn, error) {
 			m.mu.Unlock()
 			return nil, ErrClosed
 		}
-		if c := m.conn; c != nil && c.healthy() {
-			m.mu.Unlock()
-			return c, nil
+		if c := m.conn; c != nil {
+			if c.healthy() {
+				m.mu.Unlock()
+				return c, nil
+			}
+			if c.brokenBy(errStalled) && m.dialErr == nil {
+				// It hung: treat the redial like one after a failed dial
+				// (callers fail at once instead of waiting for it).
+				m.dialErr = errStalled
+			}
 		}
 		if m.dialing == nil {
 			if time.Now().Before(m.nextDial) {
@@ -126,13 +203,70 @@ func (m *mux) redial(done chan struct{}) {
 		raw.Close()
 		err = ErrClosed
 	}
+	later := m.later
+	m.later = nil
 	if err != nil {
 		m.backoff = min(max(2*m.backoff, minDialBackoff), maxDialBackoff)
 		m.dialErr, m.nextDial = err, time.Now().Add(m.backoff)
+		failCalls(later, err)
 		return
 	}
 	m.backoff, m.dialErr = 0, nil
 	m.conn = newMuxConn(m, raw)
+	// Queued before anything that comes after the new connection is
+	// published: per node, commands keep their order.
+	for _, cl := range later {
+		cl.conn = m.conn
+		if err := m.conn.enqueue(cl); err != nil {
+			failCalls([]*call{cl}, err)
+		}
+	}
+}
+
+// submit queues an asynchronous call without waiting: on the connection,
+// or, while one is being dialled, until it is up (then in order). It fails
+// at once when the node is closed, backing off after a failed dial, or
+// being redialled after a failure. On error cl is the caller's again.
+func (m *mux) submit(cl *call) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return ErrClosed
+	}
+	if c := m.conn; c != nil {
+		if c.healthy() {
+			cl.conn = c
+			return c.enqueue(cl)
+		}
+		if c.brokenBy(errStalled) && m.dialErr == nil {
+			m.dialErr = errStalled
+		}
+	}
+	if m.dialing == nil {
+		if time.Now().Before(m.nextDial) {
+			return m.dialErr
+		}
+		m.dialing = make(chan struct{})
+		m.wg.Add(1)
+		go m.redial(m.dialing)
+	}
+	if m.dialErr != nil {
+		return m.dialErr
+	}
+	if len(m.later) >= maxInFlight {
+		return errStalled
+	}
+	cl.queued = time.Now()
+	m.later = append(m.later, cl)
+	return nil
+}
+
+// failCalls completes calls that will never be sent.
+func failCalls(calls []*call, err error) {
+	for _, cl := range calls {
+		cl.reply, cl.err = nil, err
+		cl.complete()
+	}
 }
 
 // close fails everything in flight and waits for the goroutines.
@@ -140,6 +274,7 @@ func (m *mux) close() {
 	m.mu.Lock()
 	m.closed = true
 	c := m.conn
+	close(m.stop)
 	m.mu.Unlock()
 	if c != nil {
 		c.fail(errMuxClosed)
@@ -162,12 +297,17 @@ type muxConn struct {
 
 // call is one command and, once answered, its reply.
 type call struct {
-	cmd   string
-	args  []interface{}
-	sent  time.Time
-	reply interface{}
-	err   error
-	done  chan struct{} // cap 1: signalled on completion (synchronous callers)
+	cmd  string
+	args []interface{}
+	sent time.Time // written to the connection
+	// queued is when the caller handed it over; abandoned is set (under the
+	// connection's mutex) once the watchdog gave up on it: the reader then
+	// drops its reply, and the call is never reused.
+	queued    time.Time
+	abandoned bool
+	reply     interface{}
+	err       error
+	done      chan struct{} // cap 1: signalled on completion (synchronous callers)
 
 	// Asynchronous calls (see round.submit) have onDone instead, run by
 	// the reader (or by fail) with the reply; they carry their context.
@@ -214,6 +354,13 @@ func (mc *muxConn) healthy() bool {
 	return !broken
 }
 
+// brokenBy reports whether the connection was broken by err.
+func (mc *muxConn) brokenBy(err error) bool {
+	mc.mu.Lock()
+	defer mc.mu.Unlock()
+	return mc.broken == err
+}
+
 // do queues one command and waits for its reply within ctx.
 func (mc *muxConn) do(ctx context.Context, cmd string, args []interface{}) (interface{}, error) {
 	cl := callPool.Get().(*call)
@@ -225,8 +372,10 @@ func (mc *muxConn) do(ctx context.Context, cmd string, args []interface{}) (inte
 	select {
 	case <-cl.done:
 		reply, err := cl.reply, cl.err
-		*cl = call{done: cl.done}
-		callPool.Put(cl)
+		if !cl.abandoned { // an abandoned call is still in the pipeline: never reuse it
+			*cl = call{done: cl.done}
+			callPool.Put(cl)
+		}
 		return reply, err
 	case <-ctx.Done():
 		return nil, ctx.Err() // cl is abandoned; the reader still owns it
@@ -242,10 +391,13 @@ func (mc *muxConn) enqueue(cl *call) error {
 		err := mc.broken
 		mc.mu.Unlock()
 		return err
-	case len(mc.pending) > 0 && time.Since(mc.pending[0].sent) > mc.m.stallAfter,
+	case len(mc.pending) > 0 && time.Since(mc.pending[0].sent) > 2*mc.m.stallAfter,
 		len(mc.pending)+len(mc.queue) >= maxInFlight:
 		mc.mu.Unlock()
 		return errStalled
+	}
+	if cl.queued.IsZero() {
+		cl.queued = time.Now()
 	}
 	mc.queue = append(mc.queue, cl)
 	mc.mu.Unlock()
@@ -348,17 +500,22 @@ func (mc *muxConn) readLoop() {
 		cl := mc.pending[0]
 		mc.pending[0] = nil
 		mc.pending = mc.pending[1:]
+		abandoned := cl.abandoned // its owner has moved on: complete nothing
 		mc.mu.Unlock()
 		if replyErr && cannotWrite(rerr) {
 			// Break the connection before the caller sees the reply, so
 			// that its retry dials again (and asks Sentinel anew).
 			mc.fail(fmt.Errorf("redlock: node cannot take writes: %w", rerr))
-			cl.reply, cl.err = reply, err
-			cl.complete()
+			if !abandoned {
+				cl.reply, cl.err = reply, err
+				cl.complete()
+			}
 			return
 		}
-		cl.reply, cl.err = reply, err
-		cl.complete()
+		if !abandoned {
+			cl.reply, cl.err = reply, err
+			cl.complete()
+		}
 	}
 }
 
@@ -387,8 +544,10 @@ func (mc *muxConn) fail(err error) {
 	default:
 	}
 	for _, cl := range calls {
-		cl.reply, cl.err = nil, err
-		cl.complete()
+		if !cl.abandoned { // read without the lock: set before fail took the calls, never reset
+			cl.reply, cl.err = nil, err
+			cl.complete()
+		}
 	}
 }
 

@@ -596,7 +596,8 @@ func (m *Manager) fanoutAfter(ctx context.Context, guarded bool, after *round, t
 	goroutines := len(m.nodes)
 	for i, n := range m.nodes {
 		if aop != nil && i < 64 && n.mux != nil && n.sentinel == nil &&
-			(after == nil || after.finished[i].Load()) && r.submit(i, n, aop) {
+			(after == nil || after.finished[i].Load()) {
+			r.submit(i, n, aop)
 			r.async |= 1 << i
 			goroutines--
 			if track {
@@ -635,9 +636,12 @@ func (m *Manager) fanoutAfter(ctx context.Context, guarded bool, after *round, t
 		case <-ctx.Done():
 			return r // the caller adds ctx.Err() to its error
 		case <-deadline:
+			// The silent async nodes timed out together; count them in node
+			// order until the quorum is out of reach, as if one by one.
 			for i := range m.nodes {
-				if r.async&(1<<i) != 0 && answered&(1<<i) == 0 {
+				if r.async&(1<<i) != 0 && answered&(1<<i) == 0 && failed <= len(m.nodes)-m.quorum {
 					r.votes = append(r.votes, nodeVote{node: i, err: errNoReply})
+					failed++
 				}
 			}
 			return r
@@ -726,9 +730,7 @@ func (r *round) decide(success bool) {
 		if r.async&(1<<i) == 0 || r.refused(i) {
 			continue
 		}
-		if c := n.mux.ready(); c != nil {
-			releaseAsync(c, &r.m.wg, r.release)
-		}
+		releaseAsync(n.mux, &r.m.wg, r.release)
 	}
 }
 
