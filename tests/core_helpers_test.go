@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -140,16 +141,34 @@ func coreNew(t testing.TB, instances []redlock.Instance, opts ...redlock.Option)
 	t.Helper()
 	m, err := redlock.New(instances, opts...)
 	require.NoError(t, err, "redlock.New")
-	t.Cleanup(func() { m.Close() }) // when the test stops early; Close is idempotent
+	t.Cleanup(func() { // when the test stopped early; Close is idempotent
+		done := make(chan struct{})
+		go func() { m.Close(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			t.Errorf("Manager.Close (at cleanup) has not returned after 30s")
+		}
+	})
 	return m
 }
 
 // coreClose closes m and fails the test if Close fails or takes more than
-// bound.
+// bound. A Close that hangs fails the test (with the goroutines that hold
+// it) instead of hanging the test binary.
 func coreClose(t testing.TB, m *redlock.Manager, bound time.Duration) time.Duration {
 	t.Helper()
 	start := time.Now()
-	require.NoError(t, m.Close(), "Manager.Close")
+	done := make(chan error, 1)
+	go func() { done <- m.Close() }()
+	select {
+	case err := <-done:
+		require.NoError(t, err, "Manager.Close")
+	case <-time.After(bound + 10*time.Second):
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		t.Fatalf("Manager.Close has not returned after %v (bound %v): it hangs. Goroutines:\n%s", time.Since(start), bound, buf)
+	}
 	d := time.Since(start)
 	require.Less(t, d, bound, "Close took %v: it must be bounded by the node timeout, not wait for a hung node", d)
 	return d
