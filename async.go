@@ -40,6 +40,43 @@ func scriptArgs(s *luaScript, keys []string, argv ...interface{}) []interface{} 
 	return append(args, argv...)
 }
 
+// boxedArgs keeps an acquire's arguments for the lock's later calls.
+func boxedArgs(op *asyncOp) []interface{} {
+	if op == nil {
+		return nil
+	}
+	return op.args
+}
+
+// args builds the arguments of extend.lua (ttlMS >= 0) or release.lua
+// (ttlMS < 0) for l, reusing the keys, token and ttl the acquire already
+// boxed: one allocation instead of one per argument.
+func (l *Lock) args(s *luaScript, ttlMS int64) []interface{} {
+	n := len(l.keys)
+	if l.boxed == nil {
+		if ttlMS < 0 {
+			return scriptArgs(s, l.keys, l.token)
+		}
+		return scriptArgs(s, l.keys, l.token, ttlMS)
+	}
+	// l.boxed: digest, key count, keys..., token, ttl
+	size := 3 + n
+	if ttlMS >= 0 {
+		size++
+	}
+	out := make([]interface{}, size)
+	out[0] = s.sha1Arg
+	copy(out[1:], l.boxed[1:3+n])
+	if ttlMS >= 0 {
+		if ttlMS == l.ttl.Milliseconds() {
+			out[3+n] = l.boxed[3+n]
+		} else {
+			out[3+n] = ttlMS
+		}
+	}
+	return out
+}
+
 // evalArgs turns EVALSHA arguments into EVAL's, for the NOSCRIPT fallback.
 func evalArgs(s *luaScript, args []interface{}) []interface{} {
 	out := make([]interface{}, len(args))
@@ -140,6 +177,9 @@ func voteExtend(reply interface{}, err error) nodeVote {
 // voteRelease returns a decoder of release.lua's reply: a node agrees when
 // it deleted every key.
 func voteRelease(want int64) func(reply interface{}, err error) nodeVote {
+	if want == 1 {
+		return voteRelease1
+	}
 	return func(reply interface{}, err error) nodeVote {
 		n, err := redis.Int64(reply, err)
 		switch {
@@ -150,4 +190,16 @@ func voteRelease(want int64) func(reply interface{}, err error) nodeVote {
 		}
 		return nodeVote{ok: true}
 	}
+}
+
+// voteRelease1 is voteRelease(1), without a closure.
+func voteRelease1(reply interface{}, err error) nodeVote {
+	n, err := redis.Int64(reply, err)
+	switch {
+	case err != nil:
+		return nodeVote{err: err}
+	case n != 1:
+		return nodeVote{err: ErrNotHeld}
+	}
+	return nodeVote{ok: true}
 }

@@ -50,6 +50,10 @@ const (
 	// MaxResourceLen is the longest resource name accepted, in bytes.
 	MaxResourceLen = 64 << 10
 
+	// MaxInstances is the most nodes a Manager takes (Redlock deployments
+	// use 3, 5 or 7).
+	MaxInstances = 64
+
 	driftFixed = 2 * time.Millisecond
 )
 
@@ -173,6 +177,9 @@ func New(instances []Instance, opts ...Option) (*Manager, error) {
 	}
 	if len(instances) == 0 {
 		instances = []Instance{Addr("localhost:6379")}
+	}
+	if len(instances) > MaxInstances {
+		return nil, invalidf("%d instances: at most %d", len(instances), MaxInstances)
 	}
 	m := &Manager{cfg: cfg, quorum: len(instances)/2 + 1, closing: make(chan struct{})}
 	m.base, m.cancelBase = context.WithCancel(context.Background())
@@ -310,12 +317,18 @@ func WithToken(token string) LockOption { return func(o *lockOptions) { o.token 
 // ctx ended. Invalid input (empty or oversized resource, ttl < 0, a ttl that
 // rounds to 0ms) matches ErrInvalidArgument. After Close: ErrClosed.
 func (m *Manager) Lock(ctx context.Context, resource string, ttl time.Duration, opts ...LockOption) (*Lock, error) {
-	return m.LockMulti(ctx, []string{resource}, ttl, opts...)
+	return m.lock(ctx, []string{resource}, ttl, opts)
 }
 
 // LockMulti acquires several resources as one lock, all or nothing on each
 // node: a node votes yes only if it took every key. Errors as Lock.
 func (m *Manager) LockMulti(ctx context.Context, resources []string, ttl time.Duration, opts ...LockOption) (*Lock, error) {
+	return m.lock(ctx, append([]string(nil), resources...), ttl, opts)
+}
+
+// lock is Lock and LockMulti; keys is the caller's copy.
+func (m *Manager) lock(ctx context.Context, keys []string, ttl time.Duration, opts []LockOption) (*Lock, error) {
+	resources := keys
 	var o lockOptions
 	for _, opt := range opts {
 		if opt != nil {
@@ -340,7 +353,6 @@ func (m *Manager) LockMulti(ctx context.Context, resources []string, ttl time.Du
 		return nil, errors.Join(ErrNotAcquired, err)
 	}
 	defer m.wg.Done()
-	keys := append([]string(nil), resources...)
 	m.noteTTL(ttl)
 	var last *QuorumError
 	token := o.token
@@ -431,7 +443,9 @@ func newToken() (string, error) {
 	if _, err := rand.Read(b[:]); err != nil {
 		return "", fmt.Errorf("redlock: reading random token: %w", err)
 	}
-	return base64.RawURLEncoding.EncodeToString(b[:]), nil
+	var out [22]byte // base64url of 16 bytes, unpadded
+	base64.RawURLEncoding.Encode(out[:], b[:])
+	return string(out[:]), nil
 }
 
 func (m *Manager) retryDelay() time.Duration {
@@ -473,24 +487,28 @@ func (m *Manager) tryLock(ctx context.Context, keys []string, token string, ttl 
 	if !fenced {
 		aop = &asyncOp{script: &acquireScript, args: scriptArgs(&acquireScript, keys, token, ttlMS), decode: voteAcquire, guarded: true}
 	}
-	r := m.fanoutAfter(ctx, true, nil, true, aop, func(ctx context.Context, c redis.Conn) nodeVote {
-		if fenced {
-			return acquireFenced(ctx, c, keys[0], token, ttlMS)
+	var op func(ctx context.Context, c redis.Conn) nodeVote
+	var cleanup func(ctx context.Context, n *node, v nodeVote)
+	if fenced || !m.allAsync(nil) {
+		op = func(ctx context.Context, c redis.Conn) nodeVote {
+			if fenced {
+				return acquireFenced(ctx, c, keys[0], token, ttlMS)
+			}
+			return voteAcquire(evalAcquire(ctx, c, keys, token, ttlMS))
 		}
-		return voteAcquire(evalAcquire(ctx, c, keys, token, ttlMS))
-	}, func(ctx context.Context, n *node, v nodeVote) {
-		if errors.Is(v.err, ErrLocked) {
-			return // the script changed nothing on this node
+		cleanup = func(ctx context.Context, n *node, v nodeVote) {
+			if errors.Is(v.err, ErrLocked) {
+				return // the script changed nothing on this node
+			}
+			// The key may be set even if the reply was lost: release it.
+			_ = n.do(ctx, func(c redis.Conn) error {
+				_, err := evalRelease(ctx, c, keys, token)
+				return err
+			})
 		}
-		// The key may be set even if the reply was lost: release it.
-		_ = n.do(ctx, func(c redis.Conn) error {
-			_, err := evalRelease(ctx, c, keys, token)
-			return err
-		})
-	})
-	if !fenced {
-		r.release = scriptArgs(&releaseScript, keys, token)
 	}
+	r := m.fanoutAfter(ctx, true, nil, true, aop, op, cleanup)
+
 	var fence int64
 	failed := r // the round that decides the error
 	if fenced && r.ok >= m.quorum {
@@ -506,9 +524,12 @@ func (m *Manager) tryLock(ctx context.Context, keys []string, token string, ttl 
 	}
 	validity := ttl - time.Since(start) - m.drift(ttl)
 	success := failed == r && r.ok >= m.quorum && validity > 0
+	if !success && !fenced {
+		r.release = scriptArgs(&releaseScript, keys, token) // for the async nodes (see decide)
+	}
 	r.decide(success)
 	if success {
-		return &Lock{m: m, keys: keys, token: token, ttl: ttl, fenceToken: fence, acquired: r, until: start.Add(ttl - m.drift(ttl))}, nil, r
+		return &Lock{m: m, keys: keys, token: token, ttl: ttl, fenceToken: fence, acquired: r, boxed: boxedArgs(aop), until: start.Add(ttl - m.drift(ttl))}, nil, r
 	}
 	qe := failed.quorumError("lock", keys[0], ErrNotAcquired)
 	if failed.ok >= m.quorum {
@@ -535,7 +556,7 @@ type round struct {
 	decided  chan struct{}
 	success  atomic.Bool
 	done     sync.WaitGroup     // every node's goroutine, cleanup included
-	finished []atomic.Bool      // per node: its attempt ended (when tracked, see fanoutAfter)
+	finished atomic.Uint64      // bit i: node i's command was queued or its attempt ended (see fanoutAfter)
 	cancel   context.CancelFunc // releases the round's deadline once every node finished
 	left     atomic.Int32       // goroutines still running their command
 	ch       chan nodeVote      // votes, buffered for every node
@@ -588,22 +609,21 @@ func (m *Manager) fanout(ctx context.Context, guarded bool, op func(ctx context.
 // r.finished is kept for such later rounds.
 func (m *Manager) fanoutAfter(ctx context.Context, guarded bool, after *round, track bool, aop *asyncOp,
 	op func(ctx context.Context, c redis.Conn) nodeVote, cleanup func(ctx context.Context, n *node, v nodeVote)) *round {
-	r := &round{m: m, decided: make(chan struct{}), votes: make([]nodeVote, 0, len(m.nodes))}
-	if track {
-		r.finished = make([]atomic.Bool, len(m.nodes))
-	}
+	r := &round{m: m, votes: make([]nodeVote, 0, len(m.nodes))}
 	r.ch = make(chan nodeVote, len(m.nodes))
 	goroutines := len(m.nodes)
 	for i, n := range m.nodes {
-		if aop != nil && i < 64 && n.mux != nil && n.sentinel == nil &&
-			(after == nil || after.finished[i].Load()) {
+		if aop != nil && n.mux != nil && n.sentinel == nil && (after == nil || op == nil || after.isFinished(i)) {
 			r.submit(i, n, aop)
 			r.async |= 1 << i
 			goroutines--
 			if track {
-				r.finished[i].Store(true) // queued: whatever is queued later runs after it
+				r.finished.Add(1 << i) // queued: whatever is queued later runs after it (each bit is set once)
 			}
 		}
+	}
+	if goroutines > 0 && cleanup != nil {
+		r.decided = make(chan struct{})
 	}
 	if goroutines > 0 {
 		// One deadline for the goroutines. It is not cancelled with the
@@ -623,8 +643,8 @@ func (m *Manager) fanoutAfter(ctx context.Context, guarded bool, after *round, t
 	}
 	var deadline <-chan time.Time
 	if r.async != 0 {
-		t := time.NewTimer(m.cfg.nodeTimeout)
-		defer t.Stop()
+		t := getTimer(m.cfg.nodeTimeout)
+		defer putTimer(t)
 		deadline = t.C
 	}
 	failed := 0
@@ -681,9 +701,7 @@ func (r *round) run(ctx, rctx context.Context, i int, n *node, guarded bool, aft
 			v = nodeVote{err: err}
 		}
 	}
-	if r.finished != nil {
-		r.finished[i].Store(true)
-	}
+	r.finished.Add(1 << i) // each bit is set once: by submit or here
 	if r.left.Add(-1) == 0 {
 		r.cancel()
 	}
@@ -703,11 +721,45 @@ func (r *round) run(ctx, rctx context.Context, i int, n *node, guarded bool, aft
 	}
 }
 
+// timers recycles the rounds' deadline timers.
+var timers sync.Pool
+
+func getTimer(d time.Duration) *time.Timer {
+	if t, ok := timers.Get().(*time.Timer); ok {
+		t.Reset(d)
+		return t
+	}
+	return time.NewTimer(d)
+}
+
+func putTimer(t *time.Timer) {
+	if !t.Stop() {
+		select { // drain a fired timer (needed before Go 1.23 timer semantics)
+		case <-t.C:
+		default:
+		}
+	}
+	timers.Put(t)
+}
+
+// allAsync reports whether every node of a round would take the
+// asynchronous path, so that the goroutine path's closures need not exist.
+func (m *Manager) allAsync(after *round) bool {
+	for i, n := range m.nodes {
+		if n.mux == nil || n.sentinel != nil || (after != nil && !after.isFinished(i)) {
+			return false
+		}
+	}
+	return true
+}
+
+func (r *round) isFinished(i int) bool { return r.finished.Load()&(1<<i) != 0 }
+
 // waitFinished waits until node i's attempt of r ended, or ctx does. It
 // polls: the wait only happens when an Unlock or Extend overtakes the
 // lock's own straggling acquire, which is rare and short.
 func (r *round) waitFinished(ctx context.Context, i int) error {
-	for !r.finished[i].Load() {
+	for !r.isFinished(i) {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
@@ -719,7 +771,9 @@ func (r *round) waitFinished(ctx context.Context, i int) error {
 // decide publishes the outcome to the nodes' goroutines (see fanout).
 func (r *round) decide(success bool) {
 	r.success.Store(success)
-	close(r.decided)
+	if r.decided != nil {
+		close(r.decided)
+	}
 	if success || r.release == nil {
 		return
 	}
@@ -789,10 +843,14 @@ func (m *Manager) Extend(ctx context.Context, l *Lock, ttl time.Duration) error 
 	m.noteTTL(ttl)
 	start := time.Now()
 	ttlMS := ttl.Milliseconds()
-	aop := &asyncOp{script: &extendScript, args: scriptArgs(&extendScript, l.keys, l.token, ttlMS), decode: voteExtend, guarded: true}
-	r := m.fanoutAfter(ctx, true, l.acquired, false, aop, func(ctx context.Context, c redis.Conn) nodeVote {
-		return voteExtend(evalExtend(ctx, c, l.keys, l.token, ttlMS))
-	}, nil)
+	aop := &asyncOp{script: &extendScript, args: l.args(&extendScript, ttlMS), decode: voteExtend, guarded: true}
+	var op func(ctx context.Context, c redis.Conn) nodeVote
+	if !m.allAsync(l.acquired) {
+		op = func(ctx context.Context, c redis.Conn) nodeVote {
+			return voteExtend(evalExtend(ctx, c, l.keys, l.token, ttlMS))
+		}
+	}
+	r := m.fanoutAfter(ctx, true, l.acquired, false, aop, op, nil)
 	validity := ttl - time.Since(start) - m.drift(ttl)
 	if r.ok >= m.quorum && validity > 0 {
 		l.extended(start.Add(ttl - m.drift(ttl)))
@@ -828,10 +886,14 @@ func (m *Manager) Unlock(ctx context.Context, l *Lock) error {
 	defer m.wg.Done()
 	l.release()
 	vote := voteRelease(int64(len(l.keys)))
-	aop := &asyncOp{script: &releaseScript, args: scriptArgs(&releaseScript, l.keys, l.token), decode: vote}
-	r := m.fanoutAfter(ctx, false, l.acquired, false, aop, func(ctx context.Context, c redis.Conn) nodeVote {
-		return vote(evalRelease(ctx, c, l.keys, l.token))
-	}, nil)
+	aop := &asyncOp{script: &releaseScript, args: l.args(&releaseScript, -1), decode: vote}
+	var op func(ctx context.Context, c redis.Conn) nodeVote
+	if !m.allAsync(l.acquired) {
+		op = func(ctx context.Context, c redis.Conn) nodeVote {
+			return vote(evalRelease(ctx, c, l.keys, l.token))
+		}
+	}
+	r := m.fanoutAfter(ctx, false, l.acquired, false, aop, op, nil)
 	if r.ok >= m.quorum {
 		return nil
 	}
@@ -998,8 +1060,9 @@ type Lock struct {
 	token string
 	ttl   time.Duration
 
-	fenceToken int64  // with WithFencing; 0 otherwise
-	acquired   *round // the acquire round, to order Unlock/Extend after it (nil for GetLock)
+	fenceToken int64         // with WithFencing; 0 otherwise
+	acquired   *round        // the acquire round, to order Unlock/Extend after it (nil for GetLock)
+	boxed      []interface{} // the acquire's arguments: keys, token and ttl already boxed (nil: build anew)
 
 	mu       sync.Mutex // protects until and released
 	until    time.Time  // local validity deadline, monotonic
