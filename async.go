@@ -146,7 +146,9 @@ func asyncDone(cl *call) {
 	}
 }
 
-// voteAcquire reads acquire.lua's reply as a vote.
+// voteAcquire reads the reply of acquire.lua or acquire_fenced.lua as a
+// vote: {1, n} is ok with counter n (the fencing counter; acquire.lua's ttl,
+// unused), {0, pttl} is ErrLocked.
 func voteAcquire(reply interface{}, err error) nodeVote {
 	vals, err := redis.Values(reply, err)
 	if err != nil {
@@ -159,7 +161,7 @@ func voteAcquire(reply interface{}, err error) nodeVote {
 	case !ok:
 		return nodeVote{err: ErrLocked, pttl: pttl}
 	}
-	return nodeVote{ok: true}
+	return nodeVote{ok: true, counter: pttl}
 }
 
 // voteExtend reads extend.lua's reply as a vote.
@@ -180,6 +182,13 @@ func voteRelease(want int64) func(reply interface{}, err error) nodeVote {
 	if want == 1 {
 		return voteRelease1
 	}
+	return releaseVoter(want)
+}
+
+// voteRelease1 is voteRelease(1), made once.
+var voteRelease1 = releaseVoter(1)
+
+func releaseVoter(want int64) func(reply interface{}, err error) nodeVote {
 	return func(reply interface{}, err error) nodeVote {
 		n, err := redis.Int64(reply, err)
 		switch {
@@ -190,16 +199,4 @@ func voteRelease(want int64) func(reply interface{}, err error) nodeVote {
 		}
 		return nodeVote{ok: true}
 	}
-}
-
-// voteRelease1 is voteRelease(1), without a closure.
-func voteRelease1(reply interface{}, err error) nodeVote {
-	n, err := redis.Int64(reply, err)
-	switch {
-	case err != nil:
-		return nodeVote{err: err}
-	case n != 1:
-		return nodeVote{err: ErrNotHeld}
-	}
-	return nodeVote{ok: true}
 }

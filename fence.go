@@ -39,20 +39,10 @@ func WithFencing() Option { return func(c *config) { c.fencing = true } }
 // fenceKey is the counter key of resource.
 func fenceKey(resource string) string { return FenceKeyPrefix + resource }
 
-// acquireFenced runs phase 1 on one node.
+// acquireFenced runs phase 1 on one node; an ok vote carries the node's
+// counter.
 func acquireFenced(ctx context.Context, c redis.Conn, key, token string, ttlMS int64) nodeVote {
-	reply, err := evalAcquireFenced(ctx, c, key, fenceKey(key), token, ttlMS)
-	if err != nil {
-		return nodeVote{err: err}
-	}
-	ok, n, err := decodeAcquire(reply)
-	switch {
-	case err != nil:
-		return nodeVote{err: err}
-	case !ok:
-		return nodeVote{err: ErrLocked, pttl: n}
-	}
-	return nodeVote{ok: true, counter: n}
+	return voteAcquire(evalAcquireFenced(ctx, c, key, fenceKey(key), token, ttlMS))
 }
 
 // fence runs phase 2 of a fenced acquisition: it records fence on every

@@ -270,6 +270,17 @@ func (m *Manager) LoadScripts(ctx context.Context) error {
 	}
 	defer m.wg.Done()
 	errs := make([]error, len(m.nodes))
+	m.eachNode(ctx, func(ctx context.Context, i int, n *node) {
+		if err := n.do(ctx, func(c redis.Conn) error { return loadScripts(ctx, c) }); err != nil {
+			errs[i] = NodeError{Node: n.name, Err: err}
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// eachNode runs fn on every node at once, each within the node timeout,
+// and waits for all of them (for calls that want every node's answer).
+func (m *Manager) eachNode(ctx context.Context, fn func(ctx context.Context, i int, n *node)) {
 	var wg sync.WaitGroup
 	for i, n := range m.nodes {
 		wg.Add(1)
@@ -277,13 +288,10 @@ func (m *Manager) LoadScripts(ctx context.Context) error {
 			defer wg.Done()
 			nctx, cancel := context.WithTimeout(ctx, m.cfg.nodeTimeout)
 			defer cancel()
-			if err := n.do(nctx, func(c redis.Conn) error { return loadScripts(nctx, c) }); err != nil {
-				errs[i] = NodeError{Node: n.name, Err: err}
-			}
+			fn(nctx, i, n)
 		}()
 	}
 	wg.Wait()
-	return errors.Join(errs...)
 }
 
 // LockOption configures one Lock or LockMulti call.
@@ -941,35 +949,27 @@ func (m *Manager) Inspect(ctx context.Context, resource string) ([]NodeState, er
 	}
 	defer m.wg.Done()
 	out := make([]NodeState, len(m.nodes))
-	var wg sync.WaitGroup
-	for i, n := range m.nodes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			nctx, cancel := context.WithTimeout(ctx, m.cfg.nodeTimeout)
-			defer cancel()
-			st := NodeState{Node: n.name}
-			st.Err = n.do(nctx, func(c redis.Conn) error {
-				reply, err := evalInspect(nctx, c, resource)
-				if err != nil {
-					return err
-				}
-				holder, pttl, err := decodeInspect(reply)
-				switch {
-				case err != nil:
-					return err
-				case pttl == -1:
-					st.TTL = -1
-				case pttl > 0:
-					st.TTL = time.Duration(pttl) * time.Millisecond
-				}
-				st.Holder = holder
-				return nil
-			})
-			out[i] = st
-		}()
-	}
-	wg.Wait()
+	m.eachNode(ctx, func(ctx context.Context, i int, n *node) {
+		st := NodeState{Node: n.name}
+		st.Err = n.do(ctx, func(c redis.Conn) error {
+			reply, err := evalInspect(ctx, c, resource)
+			if err != nil {
+				return err
+			}
+			holder, pttl, err := decodeInspect(reply)
+			switch {
+			case err != nil:
+				return err
+			case pttl == -1:
+				st.TTL = -1
+			case pttl > 0:
+				st.TTL = time.Duration(pttl) * time.Millisecond
+			}
+			st.Holder = holder
+			return nil
+		})
+		out[i] = st
+	})
 	return out, nil
 }
 
