@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -104,7 +105,7 @@ func (m *Manager) keepAlive(ctx context.Context, l *Lock, cancel context.CancelC
 			return
 		case <-tick.C:
 			if err := m.Extend(ctx, l, 0); err != nil {
-				cancel(fmt.Errorf("%w: %w", ErrLockLost, err))
+				cancel(lostError{err})
 				return
 			}
 			if !expiry.Stop() {
@@ -114,3 +115,13 @@ func (m *Manager) keepAlive(ctx context.Context, l *Lock, cancel context.CancelC
 		}
 	}
 }
+
+// lostError is the cause of Do's cancellation when an extension failed:
+// it matches ErrLockLost and the extension's error.
+type lostError struct{ err error }
+
+func (e lostError) Error() string {
+	return "redlock: lock lost: " + strings.TrimPrefix(e.err.Error(), "redlock: ")
+}
+
+func (e lostError) Unwrap() []error { return []error{ErrLockLost, e.err} }

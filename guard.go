@@ -53,7 +53,10 @@ func (n *node) watch(maxTTL func() time.Duration) {
 		if err != nil {
 			return nil, err
 		}
-		if err := g.observe(ctx, c); err != nil {
+		octx, cancel := context.WithTimeout(ctx, DefaultDialTimeout) // never unbounded, even on a paused node
+		err = g.observe(octx, c)
+		cancel()
+		if err != nil {
 			c.Close()
 			return nil, err
 		}

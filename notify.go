@@ -24,6 +24,7 @@ type notifier struct {
 	mu      sync.Mutex                      // protects waiters
 	waiters map[string]map[*waiter]struct{} // channel -> waiting calls
 	subs    []*subConn                      // per node; nil for caller-owned pools
+	any     bool                            // some node has a subConn
 	wg      sync.WaitGroup                  // dialers and readers
 }
 
@@ -42,6 +43,7 @@ func newNotifier(base context.Context, nodes []*node) *notifier {
 	for i, n := range nodes {
 		if n.owned {
 			nt.subs[i] = &subConn{nt: nt, dial: n.pool.DialContext}
+			nt.any = true
 		}
 	}
 	return nt
@@ -63,8 +65,10 @@ func (nt *notifier) wait(keys []string) *waiter {
 		}
 		set[w] = struct{}{}
 	}
-	if len(fresh) == 0 {
-		w.once.Do(func() { close(w.ready) }) // subscribed already
+	if len(fresh) == 0 || !nt.any {
+		// subscribed already, or no node can notify (caller-owned pools):
+		// the retry delay is all there is
+		w.once.Do(func() { close(w.ready) })
 	}
 	// Under nt.mu, so that SUBSCRIBE and UNSUBSCRIBE of one channel reach
 	// each node in the order of the decisions.
