@@ -67,3 +67,10 @@ bench:
 	cd bench && $(GO) run ./cmd/report -in bench.out -out ../docs/benchmarks.md \
 		-cmd "make bench  # = cd bench && GOWORK=off go test -run '^\$$' -bench . -benchmem $(or $(BENCHFLAGS),-benchtime 5s -count 5)" \
 		-note "$(BENCHNOTE)"
+
+.PHONY: chaos-long
+
+## chaos-long: the fault suite's long profile (about 10 minutes; numbers in docs/safety.md)
+chaos-long:
+	@bash scripts/ensure-redis.sh
+	cd tests && REDLOCK_CHAOS=long $(GO) test -count=1 -timeout 30m -v -run 'Chaos|Clock' ./chaos/

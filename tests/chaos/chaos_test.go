@@ -43,12 +43,13 @@ func isLong(t *testing.T) bool {
 //
 // toxiproxy's own goroutines are ignored: toxiproxy v2.5.0 leaks the
 // goroutines of a connection whose toxic chain was cut while data was in
-// flight. When a timeout or reset_peer toxic closes its stub, or a latency
-// toxic is interrupted while the link is closing, the stub in front of it
-// blocks for ever on a channel send that nobody receives (link.go AddToxic
-// and RemoveToxic; toxics/noop.go, latency.go, timeout.go, reset_peer.go),
-// and so does the link's reader behind it. Proxies themselves are not
-// ignored: a proxy left running still fails the check.
+// flight (a timeout or reset_peer toxic that closed its stub, a latency toxic
+// holding data for a connection that closed): the stub in front blocks for
+// ever on a channel send that nobody receives, and so does the link's reader
+// behind it (link.go, toxics/noop.go, latency.go, timeout.go,
+// reset_peer.go). Proxies themselves are not ignored: a proxy left running
+// still fails the check. See link for how the suite keeps that leak from
+// hanging the nemesis.
 func checkLeaks(t *testing.T) {
 	opts := []goleak.Option{
 		goleak.IgnoreCurrent(),
@@ -135,7 +136,7 @@ func TestChaosSafety(t *testing.T) {
 	}
 	if long {
 		cfg.name = "long"
-		cfg.duration = 5 * time.Minute
+		cfg.duration = 4 * time.Minute
 		cfg.managers, cfg.perManager = 4, 6
 		cfg.resources = []string{"chaos:a", "chaos:b", "chaos:c", "chaos:d", "chaos:e"}
 	}
@@ -165,7 +166,7 @@ func TestChaosSafety(t *testing.T) {
 	if r.st.other.Load() > 0 {
 		t.Errorf("Lock failed with errors that match neither ErrLocked nor ErrUnavailable: %v", r.otherEx)
 	}
-	if r.st.acquired.Load() < 100 {
+	if r.st.acquired.Load() < 50 {
 		t.Errorf("only %d acquisitions in %v: the suite checked almost nothing", r.st.acquired.Load(), r.elapsed)
 	}
 }
@@ -227,7 +228,7 @@ func TestChaosClockFaultOnOneNode(t *testing.T) {
 		seed:        seed(t),
 	}
 	if long {
-		cfg.duration = 2 * time.Minute
+		cfg.duration = time.Minute
 	}
 	ncfg := nemesisConfig{
 		kinds:     faultKinds(t, "clock", "jump"),
@@ -384,7 +385,7 @@ func TestChaosWithoutRestartGuardOverlaps(t *testing.T) {
 	long := isLong(t)
 	rounds, roundLen := 3, 2*time.Second
 	if long {
-		rounds, roundLen = 40, 3*time.Second
+		rounds, roundLen = 20, 3*time.Second
 	}
 	ttl := time.Second
 	c := newCluster(t, 5, false)

@@ -212,13 +212,17 @@ func (nm *nemesis) heal(f *fault) {
 	var err error
 	switch f.kind {
 	case faultKill:
-		err = node.Restart()
+		// Another process may have taken the port for a moment: retry.
+		for try := 0; try < 3; try++ {
+			if err = node.Restart(); err == nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
 	case faultPause:
 		err = node.Resume()
-	case faultLatency, faultBlackhole, faultReset:
-		link.clearToxics()
-	case faultRefuse:
-		err = link.enable()
+	case faultLatency, faultBlackhole, faultReset, faultRefuse:
+		err = link.heal()
 	case faultClock, faultDrift:
 		node.SetClockRate(rateNormal)
 	}

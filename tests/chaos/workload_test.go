@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -93,7 +94,15 @@ func runWorkload(t *testing.T, c *cluster, cfg workloadConfig, nm *nemesis) *run
 			r.client(ctx, cancel, i, managers[i%cfg.managers], rand.New(rand.NewPCG(cfg.seed, uint64(i))))
 		}()
 	}
-	wg.Wait()
+	stopped := make(chan struct{})
+	go func() { wg.Wait(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(cfg.duration + 30*time.Second):
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		t.Fatalf("chaos: clients or nemesis still running 30s after the end of the run; goroutines:\n%s", buf)
+	}
 	r.elapsed = time.Since(start)
 	for _, m := range managers {
 		m.Close()
