@@ -56,12 +56,6 @@ func (h *history) add(s section) {
 	h.mu.Unlock()
 }
 
-func (h *history) len() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return len(h.sections)
-}
-
 // overlaps returns, per resource, every section that began while an earlier
 // one's window was still open, paired with the earlier section whose window
 // reaches furthest. A correct lock has none.

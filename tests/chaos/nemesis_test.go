@@ -64,7 +64,6 @@ type nemesis struct {
 	errs   []error
 	events []event // what happened when, for a failure report
 	maxAt  int     // most nodes counted as faulty at once
-	start  time.Time
 }
 
 func newNemesis(c *cluster, cfg nemesisConfig) *nemesis {
@@ -95,7 +94,6 @@ func (nm *nemesis) logf(format string, args ...interface{}) {
 // run injects faults until ctx is done, then heals every node: no node is
 // left down, paused, cut off or with a wrong clock.
 func (nm *nemesis) run(ctx context.Context) {
-	nm.start = time.Now()
 	var active []*fault
 	defer func() {
 		for _, f := range active {

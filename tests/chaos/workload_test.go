@@ -211,6 +211,7 @@ func (r *run) summary(res result) string {
 	fmt.Fprintf(w, "failed: ErrUnavailable only\t%d\n", r.st.unavailable.Load())
 	fmt.Fprintf(w, "failed: both\t%d\n", r.st.both.Load())
 	fmt.Fprintf(w, "failed: other\t%d\n", r.st.other.Load())
+	fmt.Fprintf(w, "Unlock errors\t%d\n", r.st.unlockFails.Load())
 	if r.nm != nil {
 		fmt.Fprintf(w, "faults injected\t%d (at most %d nodes faulty at once)\n", r.nm.total(), r.nm.maxAt)
 		for _, line := range r.nm.countLines() {
