@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -60,9 +61,21 @@ func checkLeaks(t *testing.T) {
 	t.Cleanup(func() { goleak.VerifyNone(t, opts...) })
 }
 
+// seedEnv replays a run's random choices (faults, nodes, hold times); the
+// timing of a run still differs.
+const seedEnv = "REDLOCK_CHAOS_SEED"
+
+// seed returns the run's seed: seedEnv, or the clock. It is logged.
 func seed(t *testing.T) uint64 {
 	s := uint64(time.Now().UnixNano())
-	t.Logf("seed %d", s)
+	if v := os.Getenv(seedEnv); v != "" {
+		n, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			t.Fatalf("%s=%q: want a number", seedEnv, v)
+		}
+		s = n
+	}
+	t.Logf("seed %d (%s=%d replays its choices)", s, seedEnv, s)
 	return s
 }
 
@@ -108,21 +121,12 @@ func faultKinds(t *testing.T, def ...string) []faultKind {
 // TestChaosClockFaultOnOneNode.
 func TestChaosSafety(t *testing.T) {
 	checkLeaks(t)
-	long := isLong(t)
-	ttl := time.Second
-	cfg := workloadConfig{
-		name:        "short (CI)",
-		duration:    16 * time.Second,
-		managers:    3,
-		perManager:  4,
-		resources:   []string{"chaos:a", "chaos:b", "chaos:c"},
-		ttl:         ttl,
-		nodeTimeout: 150 * time.Millisecond,
-		retries:     3,
-		retryDelay:  [2]time.Duration{5 * time.Millisecond, 20 * time.Millisecond},
-		longHold:    0.05,
-		stall:       0.02,
-		seed:        seed(t),
+	cfg := contended(t, "short (CI)", 16*time.Second, "chaos:a", "chaos:b", "chaos:c")
+	if isLong(t) {
+		cfg.name = "long"
+		cfg.duration = 4 * time.Minute
+		cfg.managers, cfg.perManager = 4, 6
+		cfg.resources = []string{"chaos:a", "chaos:b", "chaos:c", "chaos:d", "chaos:e"}
 	}
 	ncfg := nemesisConfig{
 		kinds:     faultKinds(t, "kill", "pause", "latency", "drop", "refuse", "reset", "drift"),
@@ -131,23 +135,10 @@ func TestChaosSafety(t *testing.T) {
 		length:    [2]time.Duration{300 * time.Millisecond, 2 * time.Second},
 		latencyMS: [2]int{20, 150},
 		clockPPM:  [2]int64{2 * rateNormal, 4 * rateNormal},
-		jump:      ttl,
+		jump:      cfg.ttl,
 		seed:      cfg.seed,
 	}
-	if long {
-		cfg.name = "long"
-		cfg.duration = 4 * time.Minute
-		cfg.managers, cfg.perManager = 4, 6
-		cfg.resources = []string{"chaos:a", "chaos:b", "chaos:c", "chaos:d", "chaos:e"}
-	}
-	c := newCluster(t, 5, false)
-	nm := newNemesis(c, ncfg)
-	r := runWorkload(t, c, cfg, nm)
-	res := r.check()
-	r.report(t, res)
-	if err := nm.err(); err != nil {
-		t.Fatalf("the nemesis failed: %v", err)
-	}
+	r, res, nm := chaosRun(t, newCluster(t, 5, false), cfg, ncfg, true)
 	if nm.maxAt > ncfg.maxFaulty {
 		t.Errorf("the nemesis had %d nodes faulty at once, more than %d", nm.maxAt, ncfg.maxFaulty)
 	}
@@ -211,43 +202,21 @@ func violations(res result) string {
 // registers accept no stale write.
 func TestChaosClockFaultOnOneNode(t *testing.T) {
 	checkLeaks(t)
-	long := isLong(t)
-	ttl := time.Second
-	cfg := workloadConfig{
-		name:        "clock faults, one node at a time",
-		duration:    6 * time.Second,
-		managers:    3,
-		perManager:  4,
-		resources:   []string{"clock:a", "clock:b", "clock:c"},
-		ttl:         ttl,
-		nodeTimeout: 150 * time.Millisecond,
-		retries:     3,
-		retryDelay:  [2]time.Duration{5 * time.Millisecond, 20 * time.Millisecond},
-		longHold:    0.05,
-		stall:       0.02,
-		seed:        seed(t),
-	}
-	if long {
+	cfg := contended(t, "clock faults, one node at a time", 6*time.Second, "clock:a", "clock:b", "clock:c")
+	if isLong(t) {
 		cfg.duration = time.Minute
 	}
 	ncfg := nemesisConfig{
 		kinds:     faultKinds(t, "clock", "jump"),
 		maxFaulty: 1,
-		cooldown:  ttl, // and a whole lock lifetime before the next node
+		cooldown:  cfg.ttl, // and a whole lock lifetime before the next node
 		gap:       [2]time.Duration{100 * time.Millisecond, 400 * time.Millisecond},
 		length:    [2]time.Duration{300 * time.Millisecond, 1500 * time.Millisecond},
 		clockPPM:  [2]int64{2 * rateNormal, 4 * rateNormal},
-		jump:      ttl,
+		jump:      cfg.ttl,
 		seed:      cfg.seed,
 	}
-	c := newCluster(t, 5, false)
-	nm := newNemesis(c, ncfg)
-	r := runWorkload(t, c, cfg, nm)
-	res := r.check()
-	r.report(t, res)
-	if err := nm.err(); err != nil {
-		t.Fatalf("the nemesis failed: %v", err)
-	}
+	r, res, _ := chaosRun(t, newCluster(t, 5, false), cfg, ncfg, true)
 	t.Logf("clock faults on one node at a time: %d overlaps in %d acquisitions (%.2f%%); fencing rejected %d writes of holders that still believed they held the lock",
 		len(res.overlaps), r.st.acquired.Load(), 100*float64(len(res.overlaps))/float64(max(1, r.st.acquired.Load())), len(res.reg.rejectedValid))
 	if len(res.inversions) > 0 || res.reg.acceptedStale > 0 {
@@ -320,14 +289,7 @@ func fencingRun(t *testing.T, name string, persist bool, target int, limit time.
 		jump:      ttl,
 		seed:      cfg.seed,
 	}
-	c := newCluster(t, 5, persist)
-	nm := newNemesis(c, ncfg)
-	r := runWorkload(t, c, cfg, nm)
-	res := r.check()
-	r.report(t, res)
-	if err := nm.err(); err != nil {
-		t.Fatalf("the nemesis failed: %v", err)
-	}
+	r, res, _ := chaosRun(t, newCluster(t, 5, persist), cfg, ncfg, true)
 	return r, res
 }
 
@@ -448,12 +410,7 @@ func TestChaosWithoutRestartGuardOverlaps(t *testing.T) {
 			cfg.seed = s + uint64(100*k+i)
 			ncfg := sched.cfg
 			ncfg.seed = cfg.seed
-			nm := newNemesis(c, ncfg)
-			r := runWorkload(t, c, cfg, nm)
-			if err := nm.err(); err != nil {
-				t.Fatalf("the nemesis failed: %v", err)
-			}
-			res := r.check()
+			r, res, nm := chaosRun(t, c, cfg, ncfg, false)
 			if len(res.overlaps) > 0 {
 				hits++
 			}
@@ -480,13 +437,7 @@ func TestChaosWithoutRestartGuardOverlaps(t *testing.T) {
 		cfg.seed = s + uint64(100*k+99)
 		ncfg := sched.cfg
 		ncfg.seed = cfg.seed
-		nm := newNemesis(c, ncfg)
-		r := runWorkload(t, c, cfg, nm)
-		if err := nm.err(); err != nil {
-			t.Fatalf("the nemesis failed: %v", err)
-		}
-		res := r.check()
-		r.report(t, res)
+		_, res, _ := chaosRun(t, c, cfg, ncfg, true)
 		if len(res.overlaps) > 0 {
 			t.Errorf("with the restart guard on, the same restarts must not let two holders in:\n%s", violations(result{overlaps: res.overlaps}))
 		}

@@ -110,6 +110,44 @@ func runWorkload(t *testing.T, c *cluster, cfg workloadConfig, nm *nemesis) *run
 	return r
 }
 
+// chaosRun runs cfg's clients over c while a nemesis with ncfg injects
+// faults, fails the test if the nemesis could not inject or heal a fault,
+// and returns the run, what the checker found and the nemesis. With report,
+// the summary is printed (see run.report).
+func chaosRun(t *testing.T, c *cluster, cfg workloadConfig, ncfg nemesisConfig, report bool) (*run, result, *nemesis) {
+	t.Helper()
+	nm := newNemesis(c, ncfg)
+	r := runWorkload(t, c, cfg, nm)
+	if err := nm.err(); err != nil {
+		t.Fatalf("the nemesis failed: %v", err)
+	}
+	res := r.check()
+	if report {
+		r.report(t, res)
+	}
+	return r, res, nm
+}
+
+// contended is the workload of the safety and clock tests: twelve clients
+// on three Managers contend for a few resources with a 1s TTL; 5% of the
+// sections hold for most of their validity, 2% stall past their lease.
+func contended(t *testing.T, name string, d time.Duration, resources ...string) workloadConfig {
+	return workloadConfig{
+		name:        name,
+		duration:    d,
+		managers:    3,
+		perManager:  4,
+		resources:   resources,
+		ttl:         time.Second,
+		nodeTimeout: 150 * time.Millisecond,
+		retries:     3,
+		retryDelay:  [2]time.Duration{5 * time.Millisecond, 20 * time.Millisecond},
+		longHold:    0.05,
+		stall:       0.02,
+		seed:        seed(t),
+	}
+}
+
 // client takes locks until ctx is done (or the target is reached, when it
 // cancels the run).
 func (r *run) client(ctx context.Context, stop context.CancelFunc, id int, m *redlock.Manager, rng *rand.Rand) {
