@@ -30,10 +30,14 @@ const FenceKeyPrefix = "redlock:fence:"
 // share a node whose counter is already >= T_A; hence T_B > T_A.
 //
 // Assumption: nodes keep their counters. A node restarted without
-// persistence forgets them; the restart guard (WithRestartGuard) keeps its
-// votes out while locks taken before the restart may still be alive, but
-// counters lost on a majority of nodes break the order. Run nodes with
-// appendonly for fencing across restarts.
+// persistence forgets them, and the argument above needs every node of Q_A
+// that a later quorum may meet to remember T_A: with N=5, two restarted
+// nodes plus one that missed the latest phase 2 are enough for a later
+// holder to draw a token that is not larger (the fault suite measured such
+// inversions; the fenced store then refuses the valid holder's writes,
+// never accepts a stale one). The restart guard (WithRestartGuard) does not
+// restore lost counters. Run nodes with appendonly (appendfsync always) for
+// fencing across restarts; docs/safety.md has the measurements.
 func WithFencing() Option { return func(c *config) { c.fencing = true } }
 
 // fenceKey is the counter key of resource.
