@@ -2,6 +2,8 @@ package redlock
 
 import (
 	"errors"
+
+	"github.com/gomodule/redigo/redis"
 	"strings"
 	"testing"
 )
@@ -71,8 +73,14 @@ func FuzzDecodeReplies(f *testing.F) {
 			reply[i] = elems[(int(shape)+i*int(a&7+1))%len(elems)]
 		}
 		ok, pttl, err := decodeAcquire(reply)
-		if err == nil && (len(reply) != 2 || (ok && pttl != b) || (!ok && pttl != b)) {
-			t.Fatalf("decodeAcquire(%v) = %v, %v, nil", reply, ok, pttl)
+		if err == nil {
+			// Accepted: exactly two elements, a 0/1 flag, and the second
+			// element as the ttl, whatever integer-like form they came in.
+			flag, ferr := redis.Int64(reply[0], nil)
+			want, werr := redis.Int64(reply[1], nil)
+			if len(reply) != 2 || ferr != nil || werr != nil || (flag == 1) != ok || (flag != 0 && flag != 1) || pttl != want {
+				t.Fatalf("decodeAcquire(%v) = %v, %v, nil", reply, ok, pttl)
+			}
 		}
 		if _, _, err := decodeInspect(reply); err == nil && len(reply) != 2 {
 			t.Fatalf("decodeInspect(%v) accepted a reply of %d elements", reply, len(reply))
