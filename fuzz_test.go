@@ -2,10 +2,10 @@ package redlock
 
 import (
 	"errors"
-
-	"github.com/gomodule/redigo/redis"
 	"strings"
 	"testing"
+
+	"github.com/gomodule/redigo/redis"
 )
 
 // FuzzParseInstance checks that no spec makes ParseInstance, URL or
