@@ -49,6 +49,7 @@ type mux struct {
 	backoff  time.Duration
 	later    []*call // asynchronous calls queued while the connection is dialled
 	closed   bool
+	watching bool           // the watchdog runs
 	stop     chan struct{}  // closed by close: ends the watchdog
 	wg       sync.WaitGroup // dialer, readers, writers
 }
@@ -67,10 +68,17 @@ const (
 )
 
 func newMux(base context.Context, stallAfter time.Duration, dial func(ctx context.Context) (redis.Conn, error)) *mux {
-	m := &mux{dial: dial, base: base, stallAfter: stallAfter, stop: make(chan struct{})}
-	m.wg.Add(1)
-	go m.watch()
-	return m
+	return &mux{dial: dial, base: base, stallAfter: stallAfter, stop: make(chan struct{})}
+}
+
+// startWatch starts the watchdog on first use (a Manager never used runs
+// no goroutine); m.mu is held.
+func (m *mux) startWatch() {
+	if !m.watching {
+		m.watching = true
+		m.wg.Add(1)
+		go m.watch()
+	}
 }
 
 // watch is the mux's watchdog: every quarter of the node timeout it gives
@@ -141,6 +149,7 @@ func (m *mux) get(ctx context.Context) (*muxConn, error) {
 			m.mu.Unlock()
 			return nil, ErrClosed
 		}
+		m.startWatch()
 		if c := m.conn; c != nil {
 			if c.healthy() {
 				m.mu.Unlock()
@@ -233,6 +242,7 @@ func (m *mux) submit(cl *call) error {
 	if m.closed {
 		return ErrClosed
 	}
+	m.startWatch()
 	if c := m.conn; c != nil {
 		if c.healthy() {
 			cl.conn = c
