@@ -418,18 +418,6 @@ func (mc *muxConn) enqueue(cl *call) error {
 	return nil
 }
 
-// ready returns the current connection if it is healthy, without waiting
-// or dialling: the asynchronous path (see submit) needs one.
-func (m *mux) ready() *muxConn {
-	m.mu.Lock()
-	c := m.conn
-	m.mu.Unlock()
-	if c != nil && c.healthy() {
-		return c
-	}
-	return nil
-}
-
 func (mc *muxConn) writeLoop() {
 	defer mc.m.wg.Done()
 	var batch []*call

@@ -515,7 +515,7 @@ func (m *Manager) tryLock(ctx context.Context, keys []string, token string, ttl 
 			})
 		}
 	}
-	r := m.fanoutAfter(ctx, true, nil, true, aop, op, cleanup)
+	r := m.fanoutAfter(ctx, true, nil, aop, op, cleanup)
 
 	var fence int64
 	failed := r // the round that decides the error
@@ -604,7 +604,7 @@ func (m *Manager) waitRound(ctx context.Context, r *round) bool {
 // happened.
 func (m *Manager) fanout(ctx context.Context, guarded bool, op func(ctx context.Context, c redis.Conn) nodeVote,
 	cleanup func(ctx context.Context, n *node, v nodeVote)) *round {
-	return m.fanoutAfter(ctx, guarded, nil, false, nil, op, cleanup)
+	return m.fanoutAfter(ctx, guarded, nil, nil, op, cleanup)
 }
 
 // fanoutAfter is fanout with per-node ordering, and with the asynchronous
@@ -613,9 +613,9 @@ func (m *Manager) fanout(ctx context.Context, guarded bool, op func(ctx context.
 // pass the lock's acquire round, so that their command reaches a node after
 // the lock's own acquire, even when that acquire was a straggler. (On one
 // node, commands run in the order they are queued: once the acquire was
-// queued, or its attempt ended, it runs before us or never.) If track,
-// r.finished is kept for such later rounds.
-func (m *Manager) fanoutAfter(ctx context.Context, guarded bool, after *round, track bool, aop *asyncOp,
+// queued, or its attempt ended, it runs before us or never.) r.finished
+// records that for every round.
+func (m *Manager) fanoutAfter(ctx context.Context, guarded bool, after *round, aop *asyncOp,
 	op func(ctx context.Context, c redis.Conn) nodeVote, cleanup func(ctx context.Context, n *node, v nodeVote)) *round {
 	r := &round{m: m, votes: make([]nodeVote, 0, len(m.nodes))}
 	r.ch = make(chan nodeVote, len(m.nodes))
@@ -625,9 +625,7 @@ func (m *Manager) fanoutAfter(ctx context.Context, guarded bool, after *round, t
 			r.submit(i, n, aop)
 			r.async |= 1 << i
 			goroutines--
-			if track {
-				r.finished.Add(1 << i) // queued: whatever is queued later runs after it (each bit is set once)
-			}
+			r.finished.Add(1 << i) // queued: whatever is queued later runs after it (each bit is set once)
 		}
 	}
 	if goroutines > 0 && cleanup != nil {
@@ -858,7 +856,7 @@ func (m *Manager) Extend(ctx context.Context, l *Lock, ttl time.Duration) error 
 			return voteExtend(evalExtend(ctx, c, l.keys, l.token, ttlMS))
 		}
 	}
-	r := m.fanoutAfter(ctx, true, l.acquired, false, aop, op, nil)
+	r := m.fanoutAfter(ctx, true, l.acquired, aop, op, nil)
 	validity := ttl - time.Since(start) - m.drift(ttl)
 	if r.ok >= m.quorum && validity > 0 {
 		l.extended(start.Add(ttl - m.drift(ttl)))
@@ -901,7 +899,7 @@ func (m *Manager) Unlock(ctx context.Context, l *Lock) error {
 			return vote(evalRelease(ctx, c, l.keys, l.token))
 		}
 	}
-	r := m.fanoutAfter(ctx, false, l.acquired, false, aop, op, nil)
+	r := m.fanoutAfter(ctx, false, l.acquired, aop, op, nil)
 	if r.ok >= m.quorum {
 		return nil
 	}
