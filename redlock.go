@@ -263,19 +263,69 @@ func (m *Manager) enter() error {
 // LoadScripts sends SCRIPT LOAD for every script to every node, so that
 // locking then sends EVALSHA only. It is optional: a node that answers
 // NOSCRIPT gets the full script once (see Scripts). It fails, joining the
-// per-node errors, if any node could not load them.
+// per-node errors, if any node could not load them or returned a digest
+// other than Script.SHA1.
 func (m *Manager) LoadScripts(ctx context.Context) error {
-	if err := m.enter(); err != nil {
+	loads, err := m.LoadScriptsReport(ctx)
+	if err != nil {
 		return err
 	}
+	var errs []error
+	for _, l := range loads {
+		switch {
+		case l.Err != nil:
+			errs = append(errs, NodeError{Node: l.Node, Err: fmt.Errorf("script %s: %w", l.Script, l.Err)})
+		case l.SHA1 != scriptRegistry[l.index].SHA1:
+			errs = append(errs, NodeError{Node: l.Node, Err: fmt.Errorf("script %s: node returned digest %s, want %s",
+				l.Script, l.SHA1, scriptRegistry[l.index].SHA1)})
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ScriptLoad is one node's answer to SCRIPT LOAD of one script.
+type ScriptLoad struct {
+	Node   string // the node's address, password redacted
+	Script string // the script's name (Script.Name)
+	SHA1   string // the digest the node returned; "" when Err is set
+	Err    error  // the node could not be reached or refused the script
+
+	index int // into scriptRegistry
+}
+
+// LoadScriptsReport is LoadScripts that reports what every node answered:
+// one ScriptLoad per node and script, in node order, then in Scripts()
+// order, for auditing (compare SHA1 with Script.SHA1). Each node gets the
+// node timeout. Only a closed Manager is an error.
+func (m *Manager) LoadScriptsReport(ctx context.Context) ([]ScriptLoad, error) {
+	if err := m.enter(); err != nil {
+		return nil, err
+	}
 	defer m.wg.Done()
-	errs := make([]error, len(m.nodes))
+	k := len(scriptRegistry)
+	out := make([]ScriptLoad, len(m.nodes)*k)
 	m.eachNode(ctx, func(ctx context.Context, i int, n *node) {
-		if err := n.do(ctx, func(c redis.Conn) error { return loadScripts(ctx, c) }); err != nil {
-			errs[i] = NodeError{Node: n.name, Err: err}
+		loads := out[i*k : (i+1)*k]
+		for j, sc := range scriptRegistry {
+			loads[j] = ScriptLoad{Node: n.name, Script: sc.Name, index: j}
+		}
+		err := n.do(ctx, func(c redis.Conn) error {
+			for j := range loads {
+				sum, err := redis.String(redis.DoContext(c, ctx, "SCRIPT", "LOAD", scriptRegistry[j].Source))
+				if err != nil {
+					return err
+				}
+				loads[j].SHA1 = sum
+			}
+			return nil
+		})
+		for j := range loads {
+			if err != nil && loads[j].SHA1 == "" {
+				loads[j].Err = err
+			}
 		}
 	})
-	return errors.Join(errs...)
+	return out, nil
 }
 
 // eachNode runs fn on every node at once, each within the node timeout,

@@ -72,18 +72,3 @@ func isNoScript(err error) bool {
 	var re redis.Error
 	return errors.As(err, &re) && strings.HasPrefix(string(re), "NOSCRIPT")
 }
-
-// loadScripts sends SCRIPT LOAD for every script on c and checks that the
-// node's digests match the generated ones.
-func loadScripts(ctx context.Context, c redis.Conn) error {
-	for _, s := range scriptRegistry {
-		sum, err := redis.String(redis.DoContext(c, ctx, "SCRIPT", "LOAD", s.Source))
-		if err != nil {
-			return err
-		}
-		if sum != s.SHA1 {
-			return errors.New("redlock: script " + s.Name + ": node returned digest " + sum + ", want " + s.SHA1)
-		}
-	}
-	return nil
-}

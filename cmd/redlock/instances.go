@@ -1,18 +1,11 @@
 package main
 
 import (
-	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
-	"net"
-	"net/url"
-	"strconv"
 	"strings"
-	"time"
 	"unicode"
 
-	"github.com/gomodule/redigo/redis"
 	"github.com/redlock-go/redlock"
 )
 
@@ -78,7 +71,6 @@ func openSentinelHosts(spec string) bool {
 // nodeSpec is one parsed node: the spec as typed (it may hold a password,
 // never print it) and the library's Instance for it.
 type nodeSpec struct {
-	raw  string
 	inst redlock.Instance
 }
 
@@ -105,7 +97,7 @@ func (a *app) resolveNodes(flagSpecs specList, flagName string) ([]nodeSpec, err
 		if err != nil {
 			return nil, fmt.Errorf("%s: instance %d: %w", from, i+1, err)
 		}
-		nodes = append(nodes, nodeSpec{raw: raw, inst: inst})
+		nodes = append(nodes, nodeSpec{inst: inst})
 	}
 	return nodes, nil
 }
@@ -116,140 +108,4 @@ func instancesOf(nodes []nodeSpec) []redlock.Instance {
 		out[i] = n.inst
 	}
 	return out
-}
-
-// dial opens a direct connection to the node, for the commands that talk
-// to each node on its own (status, scripts --load). For a Sentinel spec it
-// asks the sentinels for the current master first. Every step, the
-// commands sent later included (use redis.DoContext), is bounded by ctx and
-// timeout.
-//
-// The library does not expose its per-node pools, so this re-reads the
-// spec: host:port and Sentinel specs through the structs ParseInstance
-// returns, URLs with parseEndpointURL.
-func (n nodeSpec) dial(ctx context.Context, timeout time.Duration) (redis.Conn, error) {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	switch inst := n.inst.(type) {
-	case redlock.Endpoint:
-		return dialEndpoint(ctx, inst, timeout)
-	case redlock.Sentinel:
-		return dialSentinelMaster(ctx, inst, timeout)
-	}
-	e, err := parseEndpointURL(n.raw)
-	if err != nil {
-		return nil, err
-	}
-	return dialEndpoint(ctx, e, timeout)
-}
-
-func dialEndpoint(ctx context.Context, e redlock.Endpoint, timeout time.Duration) (redis.Conn, error) {
-	network := e.Network
-	if network == "" {
-		network = "tcp"
-	}
-	opts := []redis.DialOption{
-		redis.DialConnectTimeout(timeout),
-		redis.DialReadTimeout(timeout),
-		redis.DialWriteTimeout(timeout),
-		redis.DialDatabase(e.DB),
-		redis.DialUsername(e.Username),
-		redis.DialPassword(e.Password),
-	}
-	if e.TLS != nil {
-		opts = append(opts, redis.DialUseTLS(true), redis.DialTLSConfig(e.TLS))
-	}
-	return redis.DialContext(ctx, network, e.Addr, opts...)
-}
-
-// dialSentinelMaster asks each sentinel in turn for the master's address
-// and connects to it.
-func dialSentinelMaster(ctx context.Context, s redlock.Sentinel, timeout time.Duration) (redis.Conn, error) {
-	tlsOpts := func() []redis.DialOption {
-		if s.TLS == nil {
-			return nil
-		}
-		return []redis.DialOption{redis.DialUseTLS(true), redis.DialTLSConfig(s.TLS)}
-	}
-	var errs []error
-	for _, addr := range s.Addrs {
-		c, err := redis.DialContext(ctx, "tcp", addr, append(tlsOpts(),
-			redis.DialConnectTimeout(timeout),
-			redis.DialReadTimeout(timeout),
-			redis.DialWriteTimeout(timeout),
-			redis.DialPassword(s.SentinelPassword))...)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("sentinel %s: %w", addr, err))
-			continue
-		}
-		hp, err := redis.Strings(redis.DoContext(c, ctx, "SENTINEL", "get-master-addr-by-name", s.Master))
-		c.Close()
-		if err != nil || len(hp) != 2 {
-			if err == nil {
-				err = fmt.Errorf("master %q unknown", s.Master)
-			}
-			errs = append(errs, fmt.Errorf("sentinel %s: %w", addr, err))
-			continue
-		}
-		return dialEndpoint(ctx, redlock.Endpoint{
-			Addr:     net.JoinHostPort(hp[0], hp[1]),
-			DB:       s.DB,
-			Username: s.Username,
-			Password: s.Password,
-			TLS:      s.TLS,
-		}, timeout)
-	}
-	return nil, errors.Join(errs...)
-}
-
-// parseEndpointURL reads a redis://, rediss:// or unix:// spec that
-// redlock.ParseInstance already accepted, with the same meaning: the port
-// defaults to 6379, the DB comes from the path or ?db=, credentials from
-// the userinfo or ?username=/?password=, and rediss:// honours
-// ?ssl_cert_reqs=CERT_NONE.
-func parseEndpointURL(raw string) (redlock.Endpoint, error) {
-	var e redlock.Endpoint
-	u, err := url.Parse(raw)
-	if err != nil {
-		return e, fmt.Errorf("%w: malformed URL", redlock.ErrInvalidArgument)
-	}
-	q := u.Query()
-	switch u.Scheme {
-	case "redis", "rediss":
-		port := u.Port()
-		if port == "" {
-			port = "6379"
-		}
-		e.Addr = net.JoinHostPort(u.Hostname(), port)
-		if db := strings.Trim(u.Path, "/"); db != "" {
-			q.Set("db", db)
-		}
-		if u.Scheme == "rediss" {
-			e.TLS = &tls.Config{ServerName: u.Hostname(), MinVersion: tls.VersionTLS12}
-			switch q.Get("ssl_cert_reqs") {
-			case "CERT_NONE", "none":
-				e.TLS.InsecureSkipVerify = true
-			}
-		}
-	case "unix":
-		e.Network, e.Addr = "unix", u.Path
-	default:
-		return e, fmt.Errorf("%w: unknown scheme %q", redlock.ErrInvalidArgument, u.Scheme)
-	}
-	if v := q.Get("db"); v != "" {
-		if e.DB, err = strconv.Atoi(v); err != nil {
-			return e, fmt.Errorf("%w: db %q is not a number", redlock.ErrInvalidArgument, v)
-		}
-	}
-	if u.User != nil {
-		e.Username = u.User.Username()
-		e.Password, _ = u.User.Password()
-	}
-	if v := q.Get("username"); v != "" {
-		e.Username = v
-	}
-	if v := q.Get("password"); v != "" {
-		e.Password = v
-	}
-	return e, nil
 }

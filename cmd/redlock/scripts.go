@@ -3,15 +3,15 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"strings"
-	"sync"
 	"text/tabwriter"
 	"time"
 
-	"github.com/gomodule/redigo/redis"
 	"github.com/redlock-go/redlock"
 )
 
@@ -101,7 +101,11 @@ func runScripts(a *app, ctx context.Context, c *command, opts any, args []string
 	var results []loadResult
 	if len(nodes) > 0 {
 		fmt.Fprintf(a.stderr, "redlock scripts: loading %d scripts on %d nodes\n", len(scripts), len(nodes))
-		results = loadOnNodes(ctx, nodes, scripts, o.nodeTimeout)
+		var err error
+		if results, err = loadOnNodes(ctx, nodes, scripts, o.nodeTimeout); err != nil {
+			fmt.Fprintf(a.stderr, "redlock scripts: %v\n", err)
+			return exitSoftware
+		}
 	}
 
 	if o.json {
@@ -146,51 +150,37 @@ func runScripts(a *app, ctx context.Context, c *command, opts any, args []string
 	return code
 }
 
-// loadOnNodes sends SCRIPT LOAD for every script to every node, the nodes
-// in parallel, and returns one result per node and script, in order.
-func loadOnNodes(ctx context.Context, nodes []nodeSpec, scripts []redlock.Script, timeout time.Duration) []loadResult {
-	results := make([][]loadResult, len(nodes))
-	var wg sync.WaitGroup
-	for i, n := range nodes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			results[i] = loadOnNode(ctx, n, scripts, timeout)
-		}()
-	}
-	wg.Wait()
-	var out []loadResult
-	for _, r := range results {
-		out = append(out, r...)
-	}
-	return out
-}
-
-func loadOnNode(ctx context.Context, n nodeSpec, scripts []redlock.Script, timeout time.Duration) []loadResult {
-	out := make([]loadResult, len(scripts))
-	for i, s := range scripts {
-		out[i] = loadResult{Node: n.Name(), Script: s.Name, Generated: s.SHA1}
-	}
-	c, err := n.dial(ctx, timeout)
+// loadOnNodes sends SCRIPT LOAD for every script to every node
+// (Manager.LoadScriptsReport, the nodes in parallel, each within timeout)
+// and returns one result per node and script, in order.
+func loadOnNodes(ctx context.Context, nodes []nodeSpec, scripts []redlock.Script, timeout time.Duration) ([]loadResult, error) {
+	m, err := redlock.New(instancesOf(nodes), redlock.WithNodeTimeout(timeout), redlock.WithRestartGuard(false))
 	if err != nil {
-		for i := range out {
-			out[i].Error = "connecting: " + err.Error()
-		}
-		return out
+		return nil, err
 	}
-	defer c.Close()
-	for i, s := range scripts {
-		cctx, cancel := context.WithTimeout(ctx, timeout)
-		sum, err := redis.String(redis.DoContext(c, cctx, "SCRIPT", "LOAD", s.Source))
-		cancel()
-		if err != nil {
-			out[i].Error = "SCRIPT LOAD: " + err.Error()
-			continue
-		}
-		out[i].Returned = sum
-		out[i].Match = sum == s.SHA1
+	defer m.Close()
+	loads, err := m.LoadScriptsReport(ctx)
+	if err != nil {
+		return nil, err
 	}
-	return out
+	generated := map[string]string{}
+	for _, s := range scripts {
+		generated[s.Name] = s.SHA1
+	}
+	out := make([]loadResult, len(loads))
+	for i, l := range loads {
+		out[i] = loadResult{Node: l.Node, Script: l.Script, Generated: generated[l.Script], Returned: l.SHA1}
+		var netErr net.Error
+		switch {
+		case l.Err != nil && errors.As(l.Err, &netErr):
+			out[i].Error = "connecting: " + l.Err.Error()
+		case l.Err != nil:
+			out[i].Error = "SCRIPT LOAD: " + l.Err.Error()
+		default:
+			out[i].Match = l.SHA1 == out[i].Generated
+		}
+	}
+	return out, nil
 }
 
 func printScripts(w io.Writer, scripts []redlock.Script, withSource bool) {

@@ -6,11 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"sync"
 	"text/tabwriter"
 	"time"
 
-	"github.com/gomodule/redigo/redis"
 	"github.com/redlock-go/redlock"
 )
 
@@ -76,18 +74,6 @@ type statusReport struct {
 	Note     string      `json:"note,omitempty"`   // what is odd, if anything
 }
 
-// inspectScript is lua/inspect.lua from redlock.Scripts(), run with
-// EVALSHA and, on NOSCRIPT, EVAL (redigo's Script). Nil if the library has
-// no such script.
-var inspectScript = func() *redis.Script {
-	for _, s := range redlock.Scripts() {
-		if s.Name == "inspect" {
-			return redis.NewScript(s.KeyCount, s.Source)
-		}
-	}
-	return nil
-}()
-
 func runStatus(a *app, ctx context.Context, c *command, opts any, args []string) int {
 	o := opts.(*statusOptions)
 	switch {
@@ -106,11 +92,11 @@ func runStatus(a *app, ctx context.Context, c *command, opts any, args []string)
 	if err != nil {
 		return a.usageError(c, err.Error())
 	}
-	if inspectScript == nil {
-		fmt.Fprintln(a.stderr, "redlock status: redlock.Scripts() has no \"inspect\" script")
+	r, err := inspectNodes(ctx, args[0], nodes, o.nodeTimeout)
+	if err != nil {
+		fmt.Fprintf(a.stderr, "redlock status: %v\n", err)
 		return exitSoftware
 	}
-	r := inspectNodes(ctx, args[0], nodes, o.nodeTimeout)
 	if o.json {
 		enc := json.NewEncoder(a.stdout)
 		enc.SetIndent("", "  ")
@@ -130,18 +116,22 @@ func runStatus(a *app, ctx context.Context, c *command, opts any, args []string)
 	return exitUnavailable
 }
 
-// inspectNodes asks every node at once and decides the verdict.
-func inspectNodes(ctx context.Context, resource string, nodes []nodeSpec, timeout time.Duration) statusReport {
+// inspectNodes asks every node at once (Manager.Inspect, each node within
+// timeout) and decides the verdict.
+func inspectNodes(ctx context.Context, resource string, nodes []nodeSpec, timeout time.Duration) (statusReport, error) {
 	r := statusReport{Resource: resource, Nodes: make([]nodeState, len(nodes)), Quorum: len(nodes)/2 + 1}
-	var wg sync.WaitGroup
-	for i, n := range nodes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r.Nodes[i] = inspectNode(ctx, n, resource, timeout)
-		}()
+	m, err := redlock.New(instancesOf(nodes), redlock.WithNodeTimeout(timeout), redlock.WithRestartGuard(false))
+	if err != nil {
+		return r, err
 	}
-	wg.Wait()
+	defer m.Close()
+	states, err := m.Inspect(ctx, resource)
+	if err != nil {
+		return r, err
+	}
+	for i, st := range states {
+		r.Nodes[i] = nodeStateOf(st)
+	}
 
 	count := map[string]int{}
 	for _, s := range r.Nodes {
@@ -175,39 +165,24 @@ func inspectNodes(ctx context.Context, resource string, nodes []nodeSpec, timeou
 		r.Verdict = "unknown"
 		r.Note = fmt.Sprintf("%d node(s) did not answer: too few answers to tell", r.Down)
 	}
-	return r
+	return r, nil
 }
 
-func inspectNode(ctx context.Context, n nodeSpec, resource string, timeout time.Duration) nodeState {
-	s := nodeState{Node: n.Name()}
-	c, err := n.dial(ctx, timeout)
-	if err != nil {
-		s.Error = err.Error()
-		return s
-	}
-	defer c.Close()
-	cctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	reply, err := redis.Values(inspectScript.DoContext(cctx, c, resource))
-	if err == nil && len(reply) != 2 {
-		err = fmt.Errorf("inspect: unexpected reply of %d elements", len(reply))
-	}
-	var pttl int64
-	if err == nil {
-		if s.token, err = redis.String(reply[0], nil); err == nil {
-			pttl, err = redis.Int64(reply[1], nil)
-		}
-	}
-	if err != nil {
-		if cctx.Err() != nil {
-			err = fmt.Errorf("%w after %v", cctx.Err(), timeout)
-		}
-		s.Error = err.Error()
+// nodeStateOf turns the library's view of one node into status's.
+func nodeStateOf(st redlock.NodeState) nodeState {
+	s := nodeState{Node: st.Node}
+	if st.Err != nil {
+		s.Error = st.Err.Error()
 		return s
 	}
 	s.Reachable = true
-	if s.token != "" {
-		s.Holder = prefix(s.token)
+	if st.Holder != "" {
+		s.token = st.Holder
+		s.Holder = prefix(st.Holder)
+		pttl := st.TTL.Milliseconds()
+		if st.TTL < 0 {
+			pttl = -1
+		}
 		s.PTTLMS = &pttl
 	}
 	return s
