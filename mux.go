@@ -204,6 +204,14 @@ func (m *mux) get(ctx context.Context) (*muxConn, error) {
 func (m *mux) redial(done chan struct{}) {
 	defer m.wg.Done()
 	raw, err := m.dial(m.base)
+	if err == nil {
+		ctx, cancel := context.WithTimeout(m.base, DefaultDialTimeout) // bounded even on a paused node
+		err = loadScripts(ctx, raw)
+		cancel()
+		if err != nil {
+			raw.Close()
+		}
+	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	defer close(done)

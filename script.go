@@ -72,3 +72,32 @@ func isNoScript(err error) bool {
 	var re redis.Error
 	return errors.As(err, &re) && strings.HasPrefix(string(re), "NOSCRIPT")
 }
+
+// loadScripts sends SCRIPT LOAD for every script on a new pipelined
+// connection (see mux.redial), before any other command, in one round trip.
+//
+// It is what keeps commands in order on a node. The asynchronous path
+// pipelines EVALSHA; a command answered NOSCRIPT is resent as EVAL behind
+// whatever was pipelined after it, so on a server that knew release.lua but
+// not acquire.lua, the release queued by a failed Lock would run before the
+// acquire it cleans up, and the key would stay until its TTL. With every
+// script loaded when the connection opens, NOSCRIPT can only follow a
+// SCRIPT FLUSH while the connection is in use; then, at worst, such a key
+// outlives its release until its TTL (liveness, never mutual exclusion: a
+// resent acquire or extend never overrides another token).
+//
+// Error replies (an ACL user without +script) are ignored: the NOSCRIPT
+// fallback still works. A transport error fails the dial.
+func loadScripts(ctx context.Context, c redis.Conn) error {
+	for _, s := range scriptRegistry {
+		if err := c.Send("SCRIPT", "LOAD", s.Source); err != nil {
+			return err
+		}
+	}
+	_, err := redis.DoContext(c, ctx, "")
+	var refused redis.Error
+	if errors.As(err, &refused) {
+		return nil
+	}
+	return err
+}

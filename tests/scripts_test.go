@@ -149,7 +149,7 @@ func commandCalls(t *testing.T, srv *harness.Server, cmd string) int {
 	t.Helper()
 	info, err := redis.String(srv.Do(t, "INFO", "commandstats"), nil)
 	require.NoError(t, err)
-	m := regexp.MustCompile(`cmdstat_` + cmd + `:calls=(\d+)`).FindStringSubmatch(info)
+	m := regexp.MustCompile(`cmdstat_` + regexp.QuoteMeta(cmd) + `:calls=(\d+)`).FindStringSubmatch(info)
 	if m == nil {
 		return 0
 	}
@@ -157,9 +157,12 @@ func commandCalls(t *testing.T, srv *harness.Server, cmd string) int {
 	return n
 }
 
-// TestEvalshaFallsBackAfterScriptFlush proves the one EVALSHA helper: after
-// SCRIPT FLUSH a call answers NOSCRIPT, falls back to EVAL and succeeds, and
-// the next call is EVALSHA again (the EVAL cached the script).
+// TestEvalshaFallsBackAfterScriptFlush proves the scripts reach a node both
+// ways. A new connection loads every script first (SCRIPT LOAD), so a
+// Manager's first calls on a flushed server are EVALSHA only. After a
+// SCRIPT FLUSH under an open connection a call answers NOSCRIPT, falls back
+// to EVAL and succeeds, and the next call is EVALSHA again (the EVAL cached
+// the script).
 func TestEvalshaFallsBackAfterScriptFlush(t *testing.T) {
 	srv := harness.Start(t, harness.Options{})
 	m, err := redlock.New([]redlock.Instance{redlock.Addr(srv.Addr())}, redlock.WithRetryCount(1))
@@ -174,6 +177,13 @@ func TestEvalshaFallsBackAfterScriptFlush(t *testing.T) {
 		require.NoError(t, l.Unlock(ctx), "Unlock of %s", resource)
 	}
 	srv.Do(t, "SCRIPT", "FLUSH")
+	srv.Do(t, "CONFIG", "RESETSTAT")
+	cycle("cold")
+	require.Equal(t, len(redlock.Scripts()), commandCalls(t, srv, "script|load"), "the new connection loads every script once")
+	require.Equal(t, 3, commandCalls(t, srv, "evalsha"), "acquire, extend, release by EVALSHA")
+	require.Equal(t, 0, commandCalls(t, srv, "eval"), "no NOSCRIPT fallback on a connection that loaded the scripts")
+
+	srv.Do(t, "SCRIPT", "FLUSH") // under the open connection
 	srv.Do(t, "CONFIG", "RESETSTAT")
 	cycle("flushed")
 	require.Equal(t, 3, commandCalls(t, srv, "evalsha"), "acquire, extend, release each sent EVALSHA first (answered NOSCRIPT)")

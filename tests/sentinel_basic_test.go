@@ -189,8 +189,9 @@ func sentinelNoLeak(t *testing.T, ignore goleak.Option) {
 // on its open connection to the old master; it must succeed anyway, in a
 // single attempt (the node retries once on the master Sentinel names now),
 // the old master must see exactly that one READONLY and nothing after it
-// (the connection was closed, not kept), and the script missing on the new
-// master must be recovered through NOSCRIPT.
+// (the connection was closed, not kept), and the scripts missing on the new
+// master must be loaded by the new connection before its first EVALSHA
+// (SCRIPT LOAD, no NOSCRIPT).
 //
 // The restart guard is off: this test isolates the retry on ONE node, and
 // the guard would (rightly) ignore that node's votes for one max TTL after
@@ -200,7 +201,7 @@ func TestSentinelReadonlyConnectionIsDroppedAndRetried(t *testing.T) {
 	ignore := goleak.IgnoreCurrent()
 	oldMaster, newMaster := g.Master, g.Replicas[0]
 	// A generous node timeout: the retry (ask the Sentinels, dial, ROLE,
-	// NOSCRIPT, EVAL) must fit in it even on a busy machine.
+	// SCRIPT LOAD, EVALSHA) must fit in it even on a busy machine.
 	m, err := redlock.New([]redlock.Instance{sentinelOf(g)}, redlock.WithRetryCount(1), redlock.WithRestartGuard(false),
 		redlock.WithNodeTimeout(2*time.Second))
 	require.NoError(t, err)
@@ -237,8 +238,10 @@ func TestSentinelReadonlyConnectionIsDroppedAndRetried(t *testing.T) {
 	require.True(t, ok && got == l.Token(), "the key must be on the new master")
 	require.Equal(t, "1", sentinelStat(t, oldMaster, "errorstats", "errorstat_READONLY", "count"),
 		"exactly one command (the first acquire) must have reached the demoted master")
-	require.NotEmpty(t, sentinelStat(t, newMaster, "errorstats", "errorstat_NOSCRIPT", "count"),
-		"the new master must have answered NOSCRIPT once, then received EVAL")
+	require.NotEmpty(t, sentinelStat(t, newMaster, "commandstats", "cmdstat_script|load", "calls"),
+		"the new connection must load the scripts on the new master")
+	require.Empty(t, sentinelStat(t, newMaster, "errorstats", "errorstat_NOSCRIPT", "count"),
+		"the scripts were loaded when the connection opened: no EVALSHA may meet NOSCRIPT")
 	require.NoError(t, l.Unlock(ctx))
 
 	for i := 0; i < 10; i++ {
