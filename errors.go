@@ -45,6 +45,10 @@ var (
 // time spent the lock's validity was already used up.
 var errTooSlow = fmt.Errorf("%w: quorum reached after the lock's validity ran out", ErrUnavailable)
 
+// errNoAnswerYet is the error of a node that had not answered when the
+// caller's ctx ended (wrapped with ctx.Err()).
+var errNoAnswerYet = errors.New("redlock: no answer before the caller's context ended")
+
 // invalidf returns an error wrapping ErrInvalidArgument. Callers must never
 // pass a password or a raw instance spec in args.
 func invalidf(format string, args ...interface{}) error {
@@ -74,7 +78,9 @@ func (e NodeError) Unwrap() []error {
 // get it with errors.As. It matches, through errors.Is:
 //   - ErrNotAcquired for Op "lock", ErrNotHeld for "extend", "unlock" and "get";
 //   - ErrLocked when a node reported another holder (Op "lock");
-//   - ErrUnavailable when a node failed or the quorum came too late;
+//   - ErrUnavailable when a node failed, had not answered when the caller's
+//     ctx ended (its NodeError then wraps ctx.Err()), or the quorum came
+//     too late;
 //   - context.Canceled / context.DeadlineExceeded when the caller's ctx ended;
 //   - every node's error.
 type QuorumError struct {

@@ -370,9 +370,9 @@ func WithToken(token string) LockOption { return func(o *lockOptions) { o.token 
 //
 // On failure the error matches ErrNotAcquired and is (or wraps) a
 // *QuorumError. It also matches ErrLocked when at least one node reported
-// another holder, ErrUnavailable when at least one node failed or the quorum
-// came too late — both when the last attempt met both — and ctx.Err() when
-// ctx ended. Invalid input (empty or oversized resource, ttl < 0, a ttl that
+// another holder, ErrUnavailable when at least one node failed, had not
+// answered when ctx ended, or the quorum came too late — both when the last
+// attempt met both — and ctx.Err() when ctx ended. Invalid input (empty or oversized resource, ttl < 0, a ttl that
 // rounds to 0ms) matches ErrInvalidArgument. After Close: ErrClosed.
 func (m *Manager) Lock(ctx context.Context, resource string, ttl time.Duration, opts ...LockOption) (*Lock, error) {
 	return m.lock(ctx, []string{resource}, ttl, opts)
@@ -620,6 +620,7 @@ type round struct {
 	ch       chan nodeVote      // votes, buffered for every node
 	async    uint64             // nodes on the asynchronous path (bit i: node i)
 	release  []interface{}      // a failed acquire round: release arguments for its async nodes
+	cut      error              // the caller's ctx ended before the round was decided
 }
 
 // waitRound waits until every goroutine of r ended; it returns false if
@@ -710,7 +711,8 @@ func (m *Manager) fanoutAfter(ctx context.Context, guarded bool, after *round, a
 		select {
 		case v = <-r.ch:
 		case <-ctx.Done():
-			return r // the caller adds ctx.Err() to its error
+			r.cut = ctx.Err() // the caller adds ctx.Err() to its error
+			return r
 		case <-deadline:
 			// The silent async nodes timed out together; count them in node
 			// order until the quorum is out of reach, as if one by one.
@@ -855,13 +857,23 @@ func (r *round) refused(i int) bool {
 	return false
 }
 
-// quorumError builds the error for a failed round.
+// quorumError builds the error for a failed round: one NodeError per node
+// that voted against, in node order. When the caller's ctx ended first, the
+// nodes that had not answered count as unavailable, so that a failed Lock
+// still says why.
 func (r *round) quorumError(op, resource string, sentinel error) *QuorumError {
 	qe := &QuorumError{Op: op, Resource: resource, Needed: r.m.quorum, Votes: r.ok, extra: []error{sentinel}}
 	sort.Slice(r.votes, func(i, j int) bool { return r.votes[i].node < r.votes[j].node })
-	for _, v := range r.votes {
-		if !v.ok && v.err != nil {
-			qe.Nodes = append(qe.Nodes, NodeError{Node: r.m.nodes[v.node].name, Err: v.err})
+	next := 0 // r.votes[next] is the first vote of node i or later
+	for i, n := range r.m.nodes {
+		switch {
+		case next < len(r.votes) && r.votes[next].node == i:
+			if v := r.votes[next]; !v.ok && v.err != nil {
+				qe.Nodes = append(qe.Nodes, NodeError{Node: n.name, Err: v.err})
+			}
+			next++
+		case r.cut != nil:
+			qe.Nodes = append(qe.Nodes, NodeError{Node: n.name, Err: fmt.Errorf("%w: %w", errNoAnswerYet, r.cut)})
 		}
 	}
 	return qe
