@@ -372,7 +372,9 @@ func WithToken(token string) LockOption { return func(o *lockOptions) { o.token 
 // *QuorumError. It also matches ErrLocked when at least one node reported
 // another holder, ErrUnavailable when at least one node failed, had not
 // answered when ctx ended, or the quorum came too late — both when the last
-// attempt met both — and ctx.Err() when ctx ended. Invalid input (empty or oversized resource, ttl < 0, a ttl that
+// attempt met both — and ctx.Err() when ctx ended. The QuorumError is the
+// last attempt's, or, when ctx cut that attempt short, the last one decided
+// before it. Invalid input (empty or oversized resource, ttl < 0, a ttl that
 // rounds to 0ms) matches ErrInvalidArgument. After Close: ErrClosed.
 func (m *Manager) Lock(ctx context.Context, resource string, ttl time.Duration, opts ...LockOption) (*Lock, error) {
 	return m.lock(ctx, []string{resource}, ttl, opts)
@@ -425,7 +427,11 @@ func (m *Manager) lock(ctx context.Context, keys []string, ttl time.Duration, op
 		if qe == nil {
 			return l, nil
 		}
-		last = qe
+		if last == nil || !errors.Is(qe, errNoAnswerYet) {
+			// An attempt cut short by ctx says less than a decided one
+			// before it (contention, node errors): keep that one.
+			last = qe
+		}
 		if attempt >= m.cfg.retryCount || ctx.Err() != nil {
 			break
 		}

@@ -69,6 +69,38 @@ func TestLockCtxErrorsSayWhy(t *testing.T) {
 		}
 	})
 
+	t.Run("an attempt cut short keeps the contention seen before", func(t *testing.T) {
+		// Attempts 1 and 2 meet the holder; then every node stops
+		// answering, so ctx ends in the middle of attempt 3. The error
+		// must still say "locked" (what the decided attempts saw), not
+		// only "unavailable".
+		for _, d := range coreDBs(t, more) {
+			d.do(t, "SET", "ctx/cut", "foreign-token", "PX", 60000)
+		}
+		m := coreNew(t, coreAddrs(more), redlock.WithRetryCount(1000),
+			redlock.WithRetryDelay(500*time.Millisecond, 500*time.Millisecond), redlock.WithNodeTimeout(5*time.Second))
+		ctx, cancel := context.WithTimeout(context.Background(), 1200*time.Millisecond)
+		defer cancel()
+		time.AfterFunc(200*time.Millisecond, func() {
+			for _, s := range more {
+				_ = s.Pause()
+			}
+		})
+		_, err := m.Lock(ctx, "ctx/cut", 5*time.Second)
+		for _, s := range more {
+			require.NoError(t, s.Resume())
+		}
+		require.ErrorIs(t, err, redlock.ErrNotAcquired)
+		require.ErrorIs(t, err, context.DeadlineExceeded)
+		require.ErrorIs(t, err, redlock.ErrLocked, "%v", err)
+		qe := coreQuorumError(t, err)
+		require.Len(t, qe.Nodes, 2, "the decided attempt's votes (quorum impossible after 2 of 3): %v", err)
+		coreClose(t, m, 6*time.Second)
+		for _, d := range coreDBs(t, more) {
+			d.do(t, "DEL", "ctx/cut")
+		}
+	})
+
 	t.Run("already cancelled", func(t *testing.T) {
 		m := coreNew(t, coreAddrs(live))
 		ctx, cancel := context.WithCancel(context.Background())
