@@ -192,3 +192,83 @@ func TestExecReadsInstancesFromEnvironment(t *testing.T) {
 	runCLI(t, env, "exec", "--instances", deadAddrs(t, 1), "--wait", "200ms", "r", "--", "true").
 		expectCode(t, exitUnavailable, "--instances wins over the environment")
 }
+
+// TestExecInterruptedWhileWaiting: a second exec waits for a held lock; a
+// SIGINT while it waits makes it exit 130 at once, without running CMD and
+// without touching the holder's lock.
+func TestExecInterruptedWhileWaiting(t *testing.T) {
+	servers := startRedis(t, 3)
+	inst := instancesFlag(servers)
+	file := filepath.Join(t.TempDir(), "log")
+	holder := startCLI(t, nil, append([]string{"exec", "--instances", inst, "--ttl", "2s", "job", "--"}, critical(file, "4")...)...)
+	waitForFile(t, file, "start", 10*time.Second)
+
+	waiter := startCLI(t, nil, append([]string{"exec", "--instances", inst, "--wait", "30s", "job", "--"}, critical(file, "0")...)...)
+	time.Sleep(500 * time.Millisecond) // it is now waiting for the lock
+	select {
+	case <-waiter.done:
+		t.Fatalf("the waiter exited while the lock was held:\nstderr:\n%s", &waiter.stderr)
+	default:
+	}
+	sent := time.Now()
+	if err := waiter.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	waiter.wait(t, 10*time.Second).expectCode(t, exitSignalBase+int(syscall.SIGINT), "interrupted while waiting")
+	if d := time.Since(sent); d > 2*time.Second {
+		t.Fatalf("the waiter took %v to exit after SIGINT, want well under 2s (not --wait 30s)", d)
+	}
+	if !strings.Contains(waiter.stderr.String(), "interrupted by interrupt while waiting") {
+		t.Fatalf("stderr does not say it was interrupted while waiting:\n%s", &waiter.stderr)
+	}
+	// The holder still holds the lock, and still runs alone.
+	runCLI(t, nil, "status", "--instances", inst, "job").expectCode(t, exitOK, "the holder's lock survives the waiter's interrupt")
+	holder.wait(t, 15*time.Second).expectCode(t, 0, "the holder's CMD exits 0")
+	if n := checkNoOverlap(t, file); n != 1 {
+		t.Fatalf("%d commands ran, want only the holder's", n)
+	}
+}
+
+// TestExecProcessGroups: by default CMD runs in a process group of its own
+// (so that a lost lock kills all of it); with --foreground it stays in
+// redlock's group, where it can use the terminal, and signals still reach it.
+func TestExecProcessGroups(t *testing.T) {
+	servers := startRedis(t, 3)
+	inst := instancesFlag(servers)
+	// The fifth field of /proc/PID/stat is the process group ("sh" has no
+	// space in its name, so fields split cleanly).
+	pgids := `echo "$(cut -d' ' -f5 /proc/$$/stat) $(cut -d' ' -f5 /proc/$PPID/stat) $$"`
+	groups := func(run *cliRun) (cmdGroup, parentGroup, cmdPID string) {
+		t.Helper()
+		f := strings.Fields(run.stdout.String())
+		if len(f) != 3 {
+			t.Fatalf("CMD printed %q, want three numbers", run.stdout.String())
+		}
+		return f[0], f[1], f[2]
+	}
+
+	own := runCLI(t, nil, "exec", "--instances", inst, "pg", "--", "sh", "-c", pgids)
+	own.expectCode(t, 0, "default process group")
+	if g, pg, pid := groups(own); g != pid || g == pg {
+		t.Fatalf("default: CMD's group %s, redlock's %s, CMD's pid %s: want CMD leading a group of its own", g, pg, pid)
+	}
+
+	fg := runCLI(t, nil, "exec", "--foreground", "--instances", inst, "pg", "--", "sh", "-c", pgids)
+	fg.expectCode(t, 0, "--foreground")
+	if g, pg, _ := groups(fg); g != pg {
+		t.Fatalf("--foreground: CMD's group %s, redlock's %s: want the same", g, pg)
+	}
+
+	// In the foreground, SIGTERM is still forwarded to CMD.
+	file := filepath.Join(t.TempDir(), "log")
+	// Only CMD itself is signalled in the foreground: its trap stops its
+	// own child.
+	script := `trap 'kill $!; echo "got TERM" >> "$1"; exit 9' TERM; echo ready >> "$1"; sleep 20 & wait`
+	run := startCLI(t, nil, "exec", "--foreground", "--instances", inst, "pg", "--", "sh", "-c", script, "sh", file)
+	waitForFile(t, file, "ready", 10*time.Second)
+	if err := run.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	run.wait(t, 10*time.Second).expectCode(t, 9, "CMD's TERM trap exits 9")
+	runCLI(t, nil, "status", "--instances", inst, "pg").expectCode(t, exitFalse, "exec released the lock")
+}
