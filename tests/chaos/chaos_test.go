@@ -13,6 +13,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/redlock-go/redlock"
+	"github.com/redlock-go/redlock/tests/harness"
 )
 
 // profileEnv selects the profile: unset or "short" for CI (the whole package
@@ -20,6 +21,12 @@ import (
 const profileEnv = "REDLOCK_CHAOS"
 
 func TestMain(m *testing.M) {
+	// The nodes run with an LD_PRELOAD clock shim built on this machine:
+	// always local processes, whatever backend the other tests use.
+	if b := os.Getenv(harness.BackendEnv); b != "" && b != "process" && b != "processes" {
+		fmt.Fprintf(os.Stderr, "chaos: %s=%s ignored: the fault suite runs redis-server processes with a clock shim\n", harness.BackendEnv, b)
+		os.Unsetenv(harness.BackendEnv)
+	}
 	code := m.Run()
 	removeShim()
 	os.Exit(code)

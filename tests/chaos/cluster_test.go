@@ -2,9 +2,7 @@ package chaos
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,23 +16,13 @@ type cluster struct {
 	links []*link
 }
 
-// newCluster starts n nodes (in parallel) and their proxies; everything is
+// newCluster starts n nodes and their proxies; everything is
 // stopped at t.Cleanup.
 func newCluster(t *testing.T, n int, persist bool) *cluster {
 	t.Helper()
 	c := &cluster{nodes: make([]*redisNode, n), links: make([]*link, n)}
-	errs := make([]error, n)
-	var wg sync.WaitGroup
 	for i := range c.nodes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c.nodes[i], errs[i] = startNode(t, fmt.Sprintf("n%d", i), persist)
-		}()
-	}
-	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		t.Fatal(err)
+		c.nodes[i] = startNode(t, fmt.Sprintf("n%d", i), persist)
 	}
 	srv := newToxiproxy()
 	for i, node := range c.nodes {

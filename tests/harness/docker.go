@@ -78,6 +78,9 @@ func (b *dockerBackend) pullImage() error {
 }
 
 func (b *dockerBackend) newNode(dir string, port int, opts Options) (node, error) {
+	if len(opts.Env) > 0 {
+		return nil, errors.New("harness: Options.Env is supported by the process backend only (unset " + BackendEnv + ")")
+	}
 	if err := b.pullImage(); err != nil {
 		return nil, err
 	}

@@ -43,6 +43,15 @@ type Options struct {
 	Password string     // requirepass (and masterauth); "" for no auth
 	Args     []string   // extra redis-server arguments, e.g. {"--maxmemory", "10mb"}
 	TLS      *TLSConfig // non-nil: listen on a TLS port only (--port 0); see NewTLSConfig
+
+	// Env is added to the environment of every server process (and of
+	// its restarts), e.g. {"LD_PRELOAD=/path/shim.so"}. The process
+	// backend only: the docker backend refuses it.
+	Env []string
+	// TempDir is where each server's working directory is created ("":
+	// the system's default). Persistence turned on through Args (e.g.
+	// "--appendonly", "yes") keeps its files there across Restart.
+	TempDir string
 }
 
 // lookupBinary finds a Redis executable on PATH. Its error says how to install

@@ -19,13 +19,16 @@ type processBackend struct {
 
 func (b processBackend) newNode(dir string, port int, opts Options) (node, error) {
 	args := redisArgs("127.0.0.1", port, dir, opts, func(p string) string { return p })
-	return newProcessNode(b.bin, args, dir), nil
+	n := newProcessNode(b.bin, args, dir)
+	n.env = opts.Env
+	return n, nil
 }
 
 // processNode is one Redis process, restartable with the same arguments.
 type processNode struct {
 	bin     string
 	args    []string
+	env     []string // added to the test binary's environment
 	logPath string
 
 	mu        sync.Mutex
@@ -58,6 +61,9 @@ func (n *processNode) start() error {
 		return fmt.Errorf("harness: server log: %w", err)
 	}
 	cmd := exec.Command(n.bin, n.args...)
+	if len(n.env) > 0 {
+		cmd.Env = append(os.Environ(), n.env...)
+	}
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	cmd.SysProcAttr = sysProcAttr()

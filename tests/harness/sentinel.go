@@ -74,18 +74,18 @@ func StartSentinelGroup(t testing.TB, name string, opts SentinelOptions) *Sentin
 	// Any data node may become a master: none waits the default 5s before
 	// a full sync to a new replica.
 	dataOpts := Options{Password: opts.Password, TLS: opts.TLS, Args: []string{"--repl-diskless-sync-delay", "0"}}
-	g.Master = startServers(t, 1, func(dir string) (*Server, error) {
+	g.Master = startServers(t, 1, "", func(dir string) (*Server, error) {
 		return launch(server, dir, dataOpts)
 	})[0]
 
 	replicaOpts := dataOpts
 	replicaOpts.Args = append(dataOpts.Args[:len(dataOpts.Args):len(dataOpts.Args)], "--replicaof", "127.0.0.1", fmt.Sprint(g.Master.Port()))
-	g.Replicas = startServers(t, opts.Replicas, func(dir string) (*Server, error) {
+	g.Replicas = startServers(t, opts.Replicas, "", func(dir string) (*Server, error) {
 		return launch(server, dir, replicaOpts)
 	})
 	g.waitReplication(t, 30*time.Second)
 
-	g.Sentinels = startServers(t, opts.Sentinels, func(dir string) (*Server, error) {
+	g.Sentinels = startServers(t, opts.Sentinels, "", func(dir string) (*Server, error) {
 		return launchNode("redis-sentinel", opts.SentinelPassword, opts.TLS, startTimeout, func(port int) (node, error) {
 			conf := filepath.Join(dir, "sentinel.conf")
 			if err := os.WriteFile(conf, []byte(g.sentinelConf(port, dir)), 0o644); err != nil {

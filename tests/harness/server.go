@@ -69,8 +69,8 @@ func (s *Server) Kill() error {
 	return s.node.kill()
 }
 
-// Restart starts the server again on the same port, with empty data (nothing
-// is persisted), and waits until it answers PING. A running server is killed
+// Restart starts the server again on the same port, with empty data (unless
+// Options.Args turned persistence on), and waits until it answers PING. A running server is killed
 // first. A Sentinel restarts from its own (rewritten) config file.
 func (s *Server) Restart() error {
 	s.mu.Lock()
@@ -232,18 +232,19 @@ func Start(t testing.TB, opts Options) *Server {
 func StartN(t testing.TB, n int, opts Options) []*Server {
 	t.Helper()
 	b := selectBackend(t)
-	return startServers(t, n, func(dir string) (*Server, error) {
+	return startServers(t, n, opts.TempDir, func(dir string) (*Server, error) {
 		return launch(b, dir, opts)
 	})
 }
 
-// startServers runs launch n times in parallel, each in a fresh temp dir,
-// registers every started server's cleanup and fails the test on any error.
-func startServers(t testing.TB, n int, launch func(dir string) (*Server, error)) []*Server {
+// startServers runs launch n times in parallel, each in a fresh temp dir
+// under parent ("": the default), registers every started server's cleanup
+// and fails the test on any error.
+func startServers(t testing.TB, n int, parent string, launch func(dir string) (*Server, error)) []*Server {
 	t.Helper()
 	dirs := make([]string, n)
 	for i := range dirs {
-		dirs[i] = tempDir(t)
+		dirs[i] = tempDir(t, parent)
 	}
 	servers := make([]*Server, n)
 	errs := make([]error, n)
@@ -278,12 +279,13 @@ func registerCleanup(t testing.TB, s *Server) {
 	})
 }
 
-// tempDir returns a fresh directory removed at t.Cleanup. It is short
-// (unlike t.TempDir's, which embeds the test name) so that paths stay well
-// under the limits of unix sockets and config lines.
-func tempDir(t testing.TB) string {
+// tempDir returns a fresh directory under parent ("": the default),
+// removed at t.Cleanup. It is short (unlike t.TempDir's, which embeds the
+// test name) so that paths stay well under the limits of unix sockets and
+// config lines.
+func tempDir(t testing.TB, parent string) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "redlock-harness-")
+	dir, err := os.MkdirTemp(parent, "redlock-harness-")
 	if err != nil {
 		t.Fatalf("harness: temp dir: %v", err)
 	}

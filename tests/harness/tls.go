@@ -41,7 +41,7 @@ type TLSConfig struct {
 // fresh temp dir. It fails the test on error.
 func NewTLSConfig(t testing.TB) *TLSConfig {
 	t.Helper()
-	c, err := generateTLS(tempDir(t))
+	c, err := generateTLS(tempDir(t, ""))
 	if err != nil {
 		t.Fatalf("harness: generate TLS certificates: %v", err)
 	}
