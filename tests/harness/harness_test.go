@@ -274,3 +274,29 @@ func TestSentinelConfIsWellFormed(t *testing.T) {
 		require.True(t, strings.Contains(conf, want), "sentinel.conf lacks %q:\n%s", want, conf)
 	}
 }
+
+// TestEnvTempDirAndPersistenceAcrossRestart: Options.TempDir places the
+// server's directory, persistence turned on through Args survives Restart
+// there, and Options.Env reaches the process (a preload that does not exist
+// makes the dynamic loader complain in the server's log).
+func TestEnvTempDirAndPersistenceAcrossRestart(t *testing.T) {
+	t.Parallel()
+	parent := t.TempDir()
+	s := Start(t, Options{
+		Args:    []string{"--appendonly", "yes", "--appendfsync", "always"},
+		TempDir: parent,
+		Env:     []string{"LD_PRELOAD=/nonexistent/redlock-harness-probe.so"},
+	})
+	dir, err := redis.Strings(s.Do(t, "CONFIG", "GET", "dir"), nil)
+	require.NoError(t, err)
+	require.Len(t, dir, 2)
+	require.True(t, strings.HasPrefix(dir[1], parent), "server dir %q is not under Options.TempDir %q", dir[1], parent)
+	require.Contains(t, s.LogTail(50), "redlock-harness-probe.so", "Options.Env did not reach the server process")
+
+	s.Do(t, "SET", "kept", "yes")
+	require.NoError(t, s.Kill())
+	require.NoError(t, s.Restart())
+	v, err := redis.String(s.Do(t, "GET", "kept"), nil)
+	require.NoError(t, err, "the append-only file must survive kill -9 and Restart")
+	require.Equal(t, "yes", v)
+}
