@@ -260,11 +260,14 @@ func (m *Manager) enter() error {
 	return nil
 }
 
-// LoadScripts sends SCRIPT LOAD for every script to every node, so that
-// locking then sends EVALSHA only. It is optional: a node that answers
-// NOSCRIPT gets the full script once (see Scripts). It fails, joining the
-// per-node errors, if any node could not load them or returned a digest
-// other than Script.SHA1.
+// LoadScripts sends SCRIPT LOAD for every script to every node and checks
+// the digests. It is optional: every connection the Manager opens loads the
+// scripts itself, and a node that answers NOSCRIPT anyway (after a SCRIPT
+// FLUSH, or through a caller-owned Pool) gets the full script once (see
+// Scripts). Use it to warm caller-owned Pools up or to check, before
+// locking, that every node is reachable and runs the scripts redlock
+// expects. It fails, joining the per-node errors, if any node could not
+// load them or returned a digest other than Script.SHA1.
 func (m *Manager) LoadScripts(ctx context.Context) error {
 	loads, err := m.LoadScriptsReport(ctx)
 	if err != nil {

@@ -39,8 +39,9 @@ const DefaultReplicaAckTimeout = 100 * time.Millisecond
 // server is no longer the master (READONLY, LOADING, MASTERDOWN) or a
 // dropped link is discarded together with every pooled connection dialled
 // before it, and the command is retried once on a freshly discovered master,
-// within the same per-node timeout (WithNodeTimeout). Scripts the new master
-// never saw are sent again through the NOSCRIPT fallback (see Scripts).
+// within the same per-node timeout (WithNodeTimeout). The new connection
+// loads every script first, so the new master, which never saw them
+// (scripts are not replicated), answers EVALSHA at once.
 //
 // Safety caveat: Redis replication is asynchronous, so a failover can
 // promote a replica that never received a lock key, and the group forgets
