@@ -366,6 +366,21 @@ type lockOptions struct {
 // taking the same token again sooner may lose the new lock on those nodes.
 func WithToken(token string) LockOption { return func(o *lockOptions) { o.token = token } }
 
+// applyLockOptions applies opts; without options nothing escapes to the
+// heap (the common Lock call allocates no lockOptions).
+func applyLockOptions(opts []LockOption) lockOptions {
+	if len(opts) == 0 {
+		return lockOptions{}
+	}
+	o := new(lockOptions)
+	for _, opt := range opts {
+		if opt != nil {
+			opt(o)
+		}
+	}
+	return *o
+}
+
 // Lock acquires resource for ttl (0: the default TTL) and returns the held
 // Lock. It makes up to the retry count of attempts, waiting a jittered retry
 // delay in between, and stops early when ctx is done. Every failed attempt
@@ -392,12 +407,7 @@ func (m *Manager) LockMulti(ctx context.Context, resources []string, ttl time.Du
 // lock is Lock and LockMulti; keys is the caller's copy.
 func (m *Manager) lock(ctx context.Context, keys []string, ttl time.Duration, opts []LockOption) (*Lock, error) {
 	resources := keys
-	var o lockOptions
-	for _, opt := range opts {
-		if opt != nil {
-			opt(&o)
-		}
-	}
+	o := applyLockOptions(opts)
 	ttl, err := m.checkCall(resources, ttl)
 	if err == nil && m.cfg.fencing && len(resources) > 1 {
 		err = invalidf("WithFencing supports single-resource locks, got %d resources", len(resources))
@@ -630,6 +640,7 @@ type round struct {
 	async    uint64             // nodes on the asynchronous path (bit i: node i)
 	release  []interface{}      // a failed acquire round: release arguments for its async nodes
 	cut      error              // the caller's ctx ended before the round was decided
+	voteBuf  [5]nodeVote        // votes' array for up to five nodes
 }
 
 // waitRound waits until every goroutine of r ended; it returns false if
@@ -677,7 +688,12 @@ func (m *Manager) fanout(ctx context.Context, guarded bool, op func(ctx context.
 // records that for every round.
 func (m *Manager) fanoutAfter(ctx context.Context, guarded bool, after *round, aop *asyncOp,
 	op func(ctx context.Context, c redis.Conn) nodeVote, cleanup func(ctx context.Context, n *node, v nodeVote)) *round {
-	r := &round{m: m, votes: make([]nodeVote, 0, len(m.nodes))}
+	r := &round{m: m}
+	if len(m.nodes) <= len(r.voteBuf) {
+		r.votes = r.voteBuf[:0] // one allocation less per round
+	} else {
+		r.votes = make([]nodeVote, 0, len(m.nodes))
+	}
 	r.ch = make(chan nodeVote, len(m.nodes))
 	goroutines := len(m.nodes)
 	for i, n := range m.nodes {
