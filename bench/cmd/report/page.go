@@ -112,7 +112,7 @@ end). Both libraries get the same settings:
 | setting | redlock (ours) | redsync v4.18.1 (redigo driver) |
 |---|---|---|
 | nodes | 5 × ` + "`redlock.Addr`" + ` | 5 × ` + "`redigo.NewPool(&redis.Pool{...})`" + ` |
-| connections per node | the library's default (at most ` + "`DefaultPoolSize`" + ` = 64) | ` + "`MaxIdle: 64, MaxActive: 64, Wait: true`" + ` |
+| connections per node | the library's design: one auto-pipelined connection per node (plus one Pub/Sub connection per node while a Lock waits for a release) | ` + "`MaxIdle: 64, MaxActive: 64, Wait: true`" + ` |
 | per-node timeout | ` + "`WithNodeTimeout(500ms)`" + ` | redigo connect/read/write timeout 500ms |
 | TTL | 8s | ` + "`WithExpiry(8s)`" + ` (its default) |
 | attempts (a, b) | ` + "`WithRetryCount(1)`" + ` | ` + "`WithTries(1)`" + ` |
