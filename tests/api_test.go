@@ -100,3 +100,35 @@ func TestRestartGuardToleratesUsersWithoutInfo(t *testing.T) {
 	_, err = c.Do("INFO", "server")
 	require.ErrorContains(t, err, "NOPERM", "the setup must really forbid INFO to this user")
 }
+
+// TestLockTTLIsTheTTLItWasTakenWith: TTL reports the ttl given to Lock (the
+// default TTL for 0 and for a handle rebuilt by GetLock); an Extend with
+// another ttl moves Until but not TTL, which Extend(ctx, 0) keeps using.
+func TestLockTTLIsTheTTLItWasTakenWith(t *testing.T) {
+	servers := harness.StartN(t, 3, harness.Options{})
+	dbs := coreDBs(t, servers)
+	m := coreNew(t, coreAddrs(servers), redlock.WithDefaultTTL(7*time.Second))
+	ctx := coreCtx(t, 10*time.Second)
+
+	l, err := m.Lock(ctx, "ttl/given", 3*time.Second)
+	require.NoError(t, err)
+	require.Equal(t, 3*time.Second, l.TTL())
+	require.NoError(t, l.Extend(ctx, 20*time.Second))
+	require.Equal(t, 3*time.Second, l.TTL(), "Extend with another ttl does not change TTL")
+	require.Greater(t, time.Until(l.Until()), 15*time.Second, "Extend(20s) moved Until")
+	require.NoError(t, l.Extend(ctx, 0))
+	require.Less(t, time.Until(l.Until()), 3*time.Second, "Extend(0) uses the lock's own ttl")
+	for _, d := range dbs {
+		require.LessOrEqual(t, d.pttl(t, "ttl/given"), int64(3000), "%s: Extend(0) set the key's ttl back to 3s", d)
+	}
+	require.NoError(t, l.Unlock(ctx))
+
+	def, err := m.Lock(ctx, "ttl/default", 0)
+	require.NoError(t, err)
+	require.Equal(t, 7*time.Second, def.TTL(), "ttl 0 means the default TTL")
+	got, err := m.GetLock(ctx, "ttl/default", def.Token())
+	require.NoError(t, err)
+	require.Equal(t, 7*time.Second, got.TTL(), "a rebuilt handle uses the default TTL")
+	require.NoError(t, got.Unlock(ctx))
+	coreClose(t, m, 3*time.Second)
+}
