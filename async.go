@@ -164,31 +164,20 @@ func voteAcquire(reply interface{}, err error) nodeVote {
 	return nodeVote{ok: true, counter: pttl}
 }
 
-// voteExtend reads extend.lua's reply as a vote.
-func voteExtend(reply interface{}, err error) nodeVote {
-	n, err := redis.Int64(reply, err)
-	switch {
-	case err != nil:
-		return nodeVote{err: err}
-	case n != 1:
-		return nodeVote{err: ErrNotHeld}
-	}
-	return nodeVote{ok: true}
-}
-
-// voteRelease returns a decoder of release.lua's reply: a node agrees when
-// it deleted every key.
-func voteRelease(want int64) func(reply interface{}, err error) nodeVote {
+// voteHeld returns a decoder of a reply that counts the keys our token
+// held: extend.lua and fence.lua answer 1 or 0, release.lua the keys it
+// deleted. A node agrees when the count is want (every key).
+func voteHeld(want int64) func(reply interface{}, err error) nodeVote {
 	if want == 1 {
-		return voteRelease1
+		return voteHeld1
 	}
-	return releaseVoter(want)
+	return heldVoter(want)
 }
 
-// voteRelease1 is voteRelease(1), made once.
-var voteRelease1 = releaseVoter(1)
+// voteHeld1 is voteHeld(1), made once.
+var voteHeld1 = heldVoter(1)
 
-func releaseVoter(want int64) func(reply interface{}, err error) nodeVote {
+func heldVoter(want int64) func(reply interface{}, err error) nodeVote {
 	return func(reply interface{}, err error) nodeVote {
 		n, err := redis.Int64(reply, err)
 		switch {

@@ -54,14 +54,7 @@ func acquireFenced(ctx context.Context, c redis.Conn, key, token string, ttlMS i
 func (m *Manager) fence(ctx context.Context, key, token string, fence int64) *round {
 	counter := fenceKey(key)
 	return m.fanout(ctx, true, func(ctx context.Context, c redis.Conn) nodeVote {
-		n, err := evalFence(ctx, c, key, counter, token, fence)
-		switch {
-		case err != nil:
-			return nodeVote{err: err}
-		case n != 1:
-			return nodeVote{err: ErrNotHeld}
-		}
-		return nodeVote{ok: true}
+		return voteHeld1(evalFence(ctx, c, key, counter, token, fence))
 	}, nil)
 }
 

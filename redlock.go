@@ -936,11 +936,11 @@ func (m *Manager) Extend(ctx context.Context, l *Lock, ttl time.Duration) error 
 	m.noteTTL(ttl)
 	start := time.Now()
 	ttlMS := ttl.Milliseconds()
-	aop := &asyncOp{script: &extendScript, args: l.args(&extendScript, ttlMS), decode: voteExtend, guarded: true}
+	aop := &asyncOp{script: &extendScript, args: l.args(&extendScript, ttlMS), decode: voteHeld1, guarded: true}
 	var op func(ctx context.Context, c redis.Conn) nodeVote
 	if !m.allAsync(l.acquired) {
 		op = func(ctx context.Context, c redis.Conn) nodeVote {
-			return voteExtend(evalExtend(ctx, c, l.keys, l.token, ttlMS))
+			return voteHeld1(evalExtend(ctx, c, l.keys, l.token, ttlMS))
 		}
 	}
 	r := m.fanoutAfter(ctx, true, l.acquired, aop, op, nil)
@@ -978,7 +978,7 @@ func (m *Manager) Unlock(ctx context.Context, l *Lock) error {
 	}
 	defer m.wg.Done()
 	l.release()
-	vote := voteRelease(int64(len(l.keys)))
+	vote := voteHeld(int64(len(l.keys)))
 	aop := &asyncOp{script: &releaseScript, args: l.args(&releaseScript, -1), decode: vote}
 	var op func(ctx context.Context, c redis.Conn) nodeVote
 	if !m.allAsync(l.acquired) {
