@@ -104,7 +104,13 @@ func (m *Manager) keepAlive(ctx context.Context, l *Lock, cancel context.CancelC
 			cancel(ErrLockLost)
 			return
 		case <-tick.C:
-			if err := m.Extend(ctx, l, 0); err != nil {
+			// The extension may wait for slow nodes up to the node
+			// timeout; the lock is lost the moment its validity ends,
+			// so that is the extension's deadline too.
+			ectx, ecancel := context.WithDeadline(ctx, l.Until())
+			err := m.Extend(ectx, l, 0)
+			ecancel()
+			if err != nil {
 				cancel(lostError{err})
 				return
 			}

@@ -142,3 +142,43 @@ func requireQuorumHolds(t *testing.T, dbs []*coreDB, resource string) {
 	}
 	require.GreaterOrEqual(t, n, len(dbs)/2+1, "key absent on a quorum of nodes while fn runs")
 }
+
+// TestDoCancelsFnWhenValidityEndsDuringASlowExtension pauses two of three
+// nodes while fn runs, with a node timeout (5s) far longer than the lock's
+// ttl (600ms). The extension at ttl/3 cannot reach a quorum and would wait
+// the node timeout; fn's ctx must still be cancelled, with cause
+// ErrLockLost, when the lock's validity ends (~600ms), not when the
+// extension gives up (~5.2s).
+func TestDoCancelsFnWhenValidityEndsDuringASlowExtension(t *testing.T) {
+	servers := harness.StartN(t, 3, harness.Options{})
+	ignore := goleak.IgnoreCurrent()
+	m := coreNew(t, coreAddrs(servers), redlock.WithNodeTimeout(5*time.Second))
+	ctx := coreCtx(t, 30*time.Second)
+	const ttl = 600 * time.Millisecond
+
+	var lostAfter time.Duration
+	var cause error
+	err := m.Do(ctx, "do/slow-extension", ttl, func(fctx context.Context) error {
+		start := time.Now()
+		for _, s := range servers[1:] {
+			require.NoError(t, s.Pause())
+		}
+		select {
+		case <-fctx.Done():
+			lostAfter = time.Since(start)
+		case <-time.After(4 * time.Second):
+			t.Errorf("fn's ctx was not cancelled within 4s, although the lock's validity was %v", ttl)
+		}
+		cause = context.Cause(fctx)
+		for _, s := range servers[1:] { // so that Do's release does not wait for them
+			require.NoError(t, s.Resume())
+		}
+		return nil
+	})
+	t.Logf("fn's ctx cancelled %v after the pause; cause: %v", lostAfter, cause)
+	require.Less(t, lostAfter, 2*time.Second, "the loss must be seen when the validity ends, not after the 5s node timeout")
+	require.ErrorIs(t, cause, redlock.ErrLockLost)
+	require.ErrorIs(t, err, redlock.ErrLockLost, "Do reports the lost lock")
+	coreClose(t, m, 12*time.Second)
+	coreNoLeak(t, ignore)
+}
