@@ -42,6 +42,7 @@ var execCommand = &command{
 Acquire RESOURCE on a quorum of the nodes, retrying until --wait has passed,
 then run CMD with the lock held. The lock is extended every third of --ttl
 while CMD runs and released when CMD exits; redlock exits with CMD's status.
+A release that fails is not reported: the keys expire within --ttl.
 
 SIGINT, SIGTERM and SIGHUP are forwarded to CMD. If the lock is lost while CMD
 runs (an extension fails, or the lock's validity runs out first), CMD gets
@@ -136,28 +137,16 @@ func runExec(a *app, ctx context.Context, c *command, opts any, args []string) i
 	say("acquired %q on a quorum (%d of %d nodes) in %v; running %s",
 		resource, m.Quorum(), len(nodes), time.Since(start).Round(time.Millisecond), strings.Join(argv, " "))
 
-	lost := make(chan error, 1)
-	stopKeepAlive := make(chan struct{})
-	keepAliveDone := make(chan struct{})
-	go func() {
-		defer close(keepAliveDone)
-		keepAlive(lock, stopKeepAlive, lost)
-	}()
-	defer func() {
-		close(stopKeepAlive)
-		<-keepAliveDone
-		uctx, cancel := context.WithTimeout(context.Background(), 2*o.nodeTimeout)
-		defer cancel()
-		switch err := lock.Unlock(uctx); {
-		case err == nil:
-			say("released %q", resource)
-		case code != exitLockLost:
-			fmt.Fprintf(a.stderr, "redlock exec: warning: releasing %q: %v (its keys expire within %v)\n", resource, err, o.ttl)
+	// Hold extends the lock while CMD runs, cancels hctx (cause
+	// ErrLockLost) when it is lost, and releases it when CMD is done.
+	_ = m.Hold(context.Background(), lock, func(hctx context.Context) error {
+		code = a.runHeld(hctx, o, resource, lock, argv, sigs, say)
+		if code != exitLockLost {
+			say("releasing %q", resource)
 		}
-	}()
-
-	code = a.runHeld(o, resource, lock, argv, sigs, lost, say)
-	return code // read by the deferred release
+		return nil
+	})
+	return code
 }
 
 // acquire takes the lock, retrying until --wait has passed. It returns the
@@ -226,9 +215,10 @@ func (a *app) acquire(ctx context.Context, c *command, m *redlock.Manager, o *ex
 	return nil, exitSoftware
 }
 
-// runHeld runs CMD while the lock is held and returns the exit code.
-func (a *app) runHeld(o *execOptions, resource string, lock *redlock.Lock, argv []string,
-	sigs <-chan os.Signal, lost <-chan error, say func(string, ...any)) int {
+// runHeld runs CMD while hctx holds the lock, forwarding sigs, and stops
+// CMD when hctx ends (the lock was lost). It returns the exit code.
+func (a *app) runHeld(hctx context.Context, o *execOptions, resource string, lock *redlock.Lock, argv []string,
+	sigs <-chan os.Signal, say func(string, ...any)) int {
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = a.stdin, a.stdout, a.stderr
 	cmd.Env = append(os.Environ(), "REDLOCK_RESOURCE="+resource, "REDLOCK_TOKEN="+lock.Token())
@@ -245,6 +235,7 @@ func (a *app) runHeld(o *execOptions, resource string, lock *redlock.Lock, argv 
 	go func() { exited <- cmd.Wait() }()
 
 	var lostErr error
+	lost := hctx.Done()
 	var kill <-chan time.Time
 	for {
 		select {
@@ -260,59 +251,15 @@ func (a *app) runHeld(o *execOptions, resource string, lock *redlock.Lock, argv 
 			}
 			say("forwarding %v to CMD", sig)
 			_ = signalChild(cmd.Process, ownGroup, sig.(syscall.Signal))
-		case err := <-lost:
-			lostErr = err
-			fmt.Fprintf(a.stderr, "redlock exec: lock on %q lost: %v; sending SIGTERM to CMD\n", resource, err)
+		case <-lost:
+			lost, lostErr = nil, context.Cause(hctx)
+			fmt.Fprintf(a.stderr, "redlock exec: lock on %q lost: %v; sending SIGTERM to CMD\n", resource, lostErr)
 			_ = signalChild(cmd.Process, ownGroup, syscall.SIGTERM)
 			kill = time.After(o.grace)
 		case <-kill:
 			fmt.Fprintf(a.stderr, "redlock exec: CMD still running %v after SIGTERM; sending SIGKILL\n", o.grace)
 			_ = signalChild(cmd.Process, ownGroup, syscall.SIGKILL)
 			kill = nil
-		}
-	}
-}
-
-// keepAlive extends the lock every third of its ttl until stop is closed.
-// It sends the reason on lost and returns when an extension fails or when
-// the lock's validity runs out before an extension succeeds, even while an
-// extension is still waiting for slow nodes.
-func keepAlive(l *redlock.Lock, stop <-chan struct{}, lost chan<- error) {
-	tick := time.NewTicker(l.TTL() / 3)
-	defer tick.Stop()
-	expiry := time.NewTimer(time.Until(l.Until()))
-	defer expiry.Stop()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	expired := errors.New("its validity ran out before an extension succeeded")
-	for {
-		select {
-		case <-stop:
-			return
-		case <-expiry.C:
-			lost <- expired
-			return
-		case <-tick.C:
-			res := make(chan error, 1)
-			go func() { res <- l.Extend(ctx, 0) }()
-			select {
-			case <-stop:
-				return
-			case <-expiry.C:
-				lost <- expired
-				return
-			case err := <-res:
-				if err != nil {
-					lost <- err
-					return
-				}
-			}
-			expiry.Stop()
-			select { // drop a deadline that fired during the successful extension
-			case <-expiry.C:
-			default:
-			}
-			expiry.Reset(time.Until(l.Until()))
 		}
 	}
 }
