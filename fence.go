@@ -1,10 +1,6 @@
 package redlock
 
-import (
-	"context"
-
-	"github.com/gomodule/redigo/redis"
-)
+import "context"
 
 // FenceKeyPrefix starts the key of every resource's fencing counter:
 // the counter of "orders" is "redlock:fence:orders". Counters have no expiry.
@@ -43,19 +39,24 @@ func WithFencing() Option { return func(c *config) { c.fencing = true } }
 // fenceKey is the counter key of resource.
 func fenceKey(resource string) string { return FenceKeyPrefix + resource }
 
-// acquireFenced runs phase 1 on one node; an ok vote carries the node's
-// counter.
-func acquireFenced(ctx context.Context, c redis.Conn, key, token string, ttlMS int64) nodeVote {
-	return voteAcquire(evalAcquireFenced(ctx, c, key, fenceKey(key), token, ttlMS))
-}
-
-// fence runs phase 2 of a fenced acquisition: it records fence on every
-// node where token still holds key and reports how many nodes agreed.
-func (m *Manager) fence(ctx context.Context, key, token string, fence int64) *round {
-	counter := fenceKey(key)
-	return m.fanout(ctx, true, func(ctx context.Context, c redis.Conn) nodeVote {
-		return voteHeld1(evalFence(ctx, c, key, counter, token, fence))
-	}, nil)
+// fence runs phase 2 of a fenced acquisition after phase 1 (acquired)
+// reached a quorum: the token is the largest counter the quorum read plus
+// one, recorded on every node where token still holds key. It returns the
+// token and the round that decides the attempt: acquired when phase 2
+// reached a quorum too, phase 2's otherwise.
+func (m *Manager) fence(ctx context.Context, acquired *round, key, token string) (int64, *round) {
+	var fence int64
+	for _, v := range acquired.votes {
+		if v.ok && v.counter > fence {
+			fence = v.counter
+		}
+	}
+	fence++
+	r := m.fanout(ctx, quorum, "EVALSHA", &fenceScript, fenceArgs(key, fenceKey(key), token, fence), voteFence, write)
+	if r.ok < m.quorum {
+		return fence, r
+	}
+	return fence, acquired
 }
 
 // Fence returns the lock's fencing token when the Manager has WithFencing,

@@ -4,92 +4,207 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"time"
 
 	"github.com/gomodule/redigo/redis"
+
+	"github.com/redlock-go/redlock/internal/pipe"
 )
 
-// node is one Redlock node as the Manager sees it: a pool and a name that is
-// safe to print.
+// node is one Redlock node as the Manager sees it: how to reach it, a name
+// that is safe to print, and its transport once the Manager built it.
 type node struct {
-	name  string      // address with any password redacted
-	pool  *redis.Pool // plain, TLS, Sentinel-discovered, or the caller's
-	owned bool        // Close closes pool (false for Pool instances)
-	close func() error
-	guard *restartGuard // nil: restart guard off or not possible
-	mux   *mux          // shared pipelined connection; nil for caller-owned pools
+	name string // address with any password redacted
+	// dial returns a new connection to the node: dialled (interruptible:
+	// Close unblocks its reader) or borrowed from a caller's pool.
+	dial          func(ctx context.Context) (redis.Conn, error)
+	interruptible bool
+	close         func() error // releases what the instance built (the Sentinel client); may be nil
 
-	// sentinel is set for Sentinel nodes only: do then retries once after a
-	// failover and waits for replica acknowledgements (sentinel_pool.go).
-	sentinel *sentinelWatch
+	// Sentinel groups only: failover replies are retried once on the new
+	// master, and writes wait for MinReplicaAcks (see Sentinel).
+	sentinel   bool
+	acks       int
+	ackTimeout time.Duration
+
+	wire  wire          // the pipelined transport; set by New
+	guard *restartGuard // nil: restart guard off
 }
 
-// do borrows a connection within ctx, runs fn on it and returns it.
-func (n *node) do(ctx context.Context, fn func(c redis.Conn) error) error {
-	if n.sentinel != nil {
-		return n.sentinel.do(ctx, n, fn)
-	}
-	return n.doOnce(ctx, fn)
+// wire is the transport of one node (internal/pipe): it queues requests,
+// keeps their order, and hands each its reply exactly once.
+type wire interface {
+	Submit(r pipe.Request)
+	Close()
 }
 
-// doOnce is do without the Sentinel hook.
-func (n *node) doOnce(ctx context.Context, fn func(c redis.Conn) error) error {
-	if n.mux != nil {
-		return fn(muxHandle{n.mux})
+// connect builds n's transport for m.
+func (n *node) connect(m *Manager) {
+	o := pipe.Options{
+		Dial:          n.dial,
+		Hello:         n.hello,
+		HelloTimeout:  DefaultDialTimeout,
+		Timeout:       m.cfg.nodeTimeout,
+		Interruptible: n.interruptible,
+		Fatal:         func(e redis.Error) bool { return isFailoverReply(e) },
 	}
-	c, err := n.pool.GetContext(ctx)
+	if n.acks > 0 {
+		ms := min(n.ackTimeout, m.cfg.nodeTimeout-m.cfg.nodeTimeout/5).Milliseconds()
+		args := []interface{}{n.acks, max(ms, 1)} // WAIT n 0 would block for ever
+		o.Barrier = func() (string, []interface{}) { return "WAIT", args }
+	}
+	n.wire = pipe.New(o)
+}
+
+// shutdown releases what the Manager holds for this node.
+func (n *node) shutdown() error {
+	if n.wire != nil {
+		n.wire.Close()
+	}
+	if n.close != nil {
+		return n.close()
+	}
+	return nil
+}
+
+// hello runs on every new connection of the node's transport, before any
+// other command, in one round trip: SCRIPT LOAD of every script, then
+// INFO server for the restart guard.
+//
+// Loading first is what keeps commands in order on a node. A request
+// answered NOSCRIPT is resent as EVAL behind whatever was pipelined after
+// it, so on a server that knew release.lua but not acquire.lua, the release
+// queued by a failed Lock would run before the acquire it cleans up, and
+// the key would stay until its TTL. With every script loaded when the
+// connection opens, NOSCRIPT can only follow a SCRIPT FLUSH while the
+// connection is in use; then, at worst, such a key outlives its release
+// until its TTL (liveness, never mutual exclusion: a resent acquire or
+// extend never overrides another token).
+//
+// Error replies (an ACL user without +script or +info) are ignored: the
+// NOSCRIPT fallback still works, and the guard has nothing to watch. A
+// transport error fails the connection.
+func (n *node) hello(ctx context.Context, c redis.Conn) error {
+	for _, s := range scriptRegistry {
+		if err := c.Send("SCRIPT", "LOAD", s.Source); err != nil {
+			return err
+		}
+	}
+	if err := c.Send("INFO", "server"); err != nil {
+		return err
+	}
+	replies, err := redis.Values(redis.DoContext(c, ctx, ""))
 	if err != nil {
 		return err
 	}
-	err = fn(c)
-	if cerr := c.Close(); err == nil && cerr != nil && !errors.Is(cerr, redis.ErrPoolExhausted) {
-		err = cerr
+	if len(replies) != len(scriptRegistry)+1 {
+		return fmt.Errorf("redlock: %d replies to %d commands", len(replies), len(scriptRegistry)+1)
 	}
-	return err
+	if info, err := redis.String(replies[len(scriptRegistry)], nil); err == nil {
+		n.guard.observe(infoField(info, "run_id"))
+	}
+	return nil
 }
 
-// shutdown releases what the Manager owns for this node.
-func (n *node) shutdown() error {
-	var errs []error
-	if n.mux != nil {
-		n.mux.close()
-	}
-	if n.owned {
-		errs = append(errs, n.pool.Close())
-	}
-	if n.close != nil {
-		errs = append(errs, n.close())
-	}
-	return errors.Join(errs...)
+// call is one request of a round on one node, and the rules that apply to
+// every reply: the NOSCRIPT fallback, the Sentinel retry after a failover,
+// the replica acknowledgement, the restart guard. It goes back to callPool
+// once its vote is delivered.
+type call struct {
+	r    *round
+	n    *node
+	node int // n's index in the Manager
+	seq  int // for rounds with several requests per node
+
+	cmd     string // EVALSHA, EVAL, SCRIPT...
+	args    []interface{}
+	script  *luaScript // for the EVAL fallback; nil for other commands
+	decode  func(reply interface{}, err error) nodeVote
+	kind    callKind
+	ack     bool      // a write that waits for replica acknowledgements
+	retried bool      // the Sentinel retry was spent
+	sent    time.Time // first submitted, to bound the retry
+	wg      *sync.WaitGroup
 }
 
-// decodeAcquire reads acquire.lua's reply {1, ttl} or {0, pttl}.
-func decodeAcquire(reply []interface{}) (acquired bool, pttl int64, err error) {
-	if len(reply) != 2 {
-		return false, 0, fmt.Errorf("redlock: acquire: unexpected reply of %d elements", len(reply))
+// callKind says how the restart guard treats a node's answer.
+type callKind uint8
+
+const (
+	unguarded callKind = iota // release, SCRIPT LOAD: every answer counts
+	write                     // acquire, extend, fence: a quarantined node's yes does not count
+	read                      // inspect: a quarantined node's "not held" does not count
+)
+
+var callPool = sync.Pool{New: func() interface{} { return new(call) }}
+
+// Command implements pipe.Request.
+func (c *call) Command() (string, []interface{}, bool) { return c.cmd, c.args, c.ack }
+
+// Done implements pipe.Request: it turns the reply into the node's vote.
+func (c *call) Done(reply interface{}, err error, ack interface{}) {
+	if err != nil && c.script != nil && c.cmd == "EVALSHA" && isNoScript(err) {
+		// The node lost its script cache (SCRIPT FLUSH): send the source.
+		c.cmd, c.args = "EVAL", evalArgs(c.script, c.args)
+		c.n.wire.Submit(c)
+		return
 	}
-	flag, err := redis.Int64(reply[0], nil)
-	if err != nil || (flag != 0 && flag != 1) {
-		return false, 0, fmt.Errorf("redlock: acquire: unexpected reply %v", reply[0])
+	if err != nil && c.n.sentinel && !c.retried && masterMoved(err) && time.Since(c.sent) < c.r.timeout() {
+		// The master moved: the transport has dropped the connection, so
+		// this goes to the master the sentinels name now. Every script is
+		// safe to repeat.
+		c.retried = true
+		c.n.wire.Submit(c)
+		return
 	}
-	pttl, err = redis.Int64(reply[1], nil)
-	if err != nil {
-		return false, 0, fmt.Errorf("redlock: acquire: unexpected ttl %v", reply[1])
+	v := c.decode(reply, err)
+	v.node, v.seq = c.node, c.seq
+	if v.ok && c.ack {
+		v = c.acked(v, ack)
 	}
-	return flag == 1, pttl, nil
+	if c.kind != unguarded && v.err == nil && c.n.guard.quarantined() && (c.kind == write || !v.ok) {
+		v.ok, v.err = false, errRestarted
+	}
+	r, wg := c.r, c.wg
+	*c = call{}
+	callPool.Put(c)
+	r.ch <- v // buffered for every request: never blocks
+	wg.Done()
 }
 
-// decodeInspect reads inspect.lua's reply {holder, pttl}.
-func decodeInspect(reply []interface{}) (holder string, pttl int64, err error) {
-	if len(reply) != 2 {
-		return "", 0, fmt.Errorf("redlock: inspect: unexpected reply of %d elements", len(reply))
+// acked checks the replica acknowledgement of a successful write.
+func (c *call) acked(v nodeVote, ack interface{}) nodeVote {
+	n, err := redis.Int(ack, nil)
+	if e, ok := ack.(error); ok {
+		err = e
 	}
-	holder, err = redis.String(reply[0], nil)
-	if err != nil {
-		return "", 0, fmt.Errorf("redlock: inspect: unexpected holder %v", reply[0])
+	switch {
+	case err != nil:
+		return nodeVote{node: v.node, err: fmt.Errorf("redlock: WAIT for replica acknowledgement: %w", err)}
+	case n < c.n.acks:
+		return nodeVote{node: v.node, err: fmt.Errorf("%w: %d of %d replicas acknowledged the write (MinReplicaAcks)",
+			ErrUnavailable, n, c.n.acks)}
 	}
-	pttl, err = redis.Int64(reply[1], nil)
-	if err != nil {
-		return "", 0, fmt.Errorf("redlock: inspect: unexpected ttl %v", reply[1])
-	}
-	return holder, pttl, nil
+	return v
 }
+
+// timeout is how long a round's request may take, retry included.
+func (r *round) timeout() time.Duration { return r.m.cfg.nodeTimeout }
+
+// submit sends one request of round r to node i; Close waits for it.
+func (m *Manager) submit(r *round, i int, cmd string, args []interface{}, s *luaScript,
+	decode func(interface{}, error) nodeVote, kind callKind, seq int) {
+	n := m.nodes[i]
+	c := callPool.Get().(*call)
+	*c = call{r: r, n: n, node: i, seq: seq, cmd: cmd, args: args, script: s, decode: decode, kind: kind,
+		ack: kind == write && n.acks > 0, sent: time.Now(), wg: &m.wg}
+	m.wg.Add(1) // Close waits for the stragglers too
+	if r != nil {
+		r.want++
+	}
+	n.wire.Submit(c)
+}
+
+// errRestarted is the vote of a quarantined node.
+var errRestarted = errors.New("redlock: node restarted recently; its vote is ignored for one max TTL (restart guard)")

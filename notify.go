@@ -3,6 +3,7 @@ package redlock
 import (
 	"context"
 	"sync"
+	"time"
 
 	"github.com/gomodule/redigo/redis"
 )
@@ -14,18 +15,23 @@ const ReleaseChannelPrefix = "redlock:released:"
 // A notifier wakes Lock calls that wait for a resource as soon as its holder
 // releases it, instead of letting them sleep a fixed retry delay: release.lua
 // publishes on the resource's channel, and each Manager subscribes, on one
-// extra connection per node, to the channels its waiting calls care about
-// (and unsubscribes when nobody waits). A message from any node wakes the
-// waiters; the retry delay stays the fallback when messages are lost (a
-// node down, a connection broken, a caller-owned Pool).
+// extra connection per node (dialled, or borrowed from a caller's Pool), to
+// the channels its waiting calls care about (and unsubscribes when nobody
+// waits). A message from any node wakes the waiters; the retry delay stays
+// the fallback when messages are lost (a node down, a connection broken).
+// While connected, each subscription connection is pinged every node
+// timeout and read with a deadline of three, so that a dead one is noticed
+// and Close never waits longer than that for a hung node.
 type notifier struct {
 	base context.Context
+	ping time.Duration // keep-alive interval
 
-	mu      sync.Mutex                      // protects waiters
+	mu      sync.Mutex                      // protects waiters and pinging
 	waiters map[string]map[*waiter]struct{} // channel -> waiting calls
-	subs    []*subConn                      // per node; nil for caller-owned pools
-	any     bool                            // some node has a subConn
-	wg      sync.WaitGroup                  // dialers and readers
+	subs    []*subConn                      // per node
+	pinging bool                            // the keep-alive goroutine runs
+	stop    chan struct{}                   // closed by close
+	wg      sync.WaitGroup                  // dialers, readers, the keep-alive
 }
 
 // waiter is one Lock call waiting for its resources.
@@ -37,14 +43,11 @@ type waiter struct {
 	once     sync.Once
 }
 
-func newNotifier(base context.Context, nodes []*node) *notifier {
-	nt := &notifier{base: base, waiters: map[string]map[*waiter]struct{}{}}
+func newNotifier(base context.Context, nodes []*node, ping time.Duration) *notifier {
+	nt := &notifier{base: base, ping: ping, waiters: map[string]map[*waiter]struct{}{}, stop: make(chan struct{})}
 	nt.subs = make([]*subConn, len(nodes))
 	for i, n := range nodes {
-		if n.owned {
-			nt.subs[i] = &subConn{nt: nt, dial: n.pool.DialContext}
-			nt.any = true
-		}
+		nt.subs[i] = &subConn{nt: nt, dial: n.dial, interruptible: n.interruptible}
 	}
 	return nt
 }
@@ -65,17 +68,13 @@ func (nt *notifier) wait(keys []string) *waiter {
 		}
 		set[w] = struct{}{}
 	}
-	if len(fresh) == 0 || !nt.any {
-		// subscribed already, or no node can notify (caller-owned pools):
-		// the retry delay is all there is
-		w.once.Do(func() { close(w.ready) })
+	if len(fresh) == 0 {
+		w.once.Do(func() { close(w.ready) }) // subscribed already
 	}
 	// Under nt.mu, so that SUBSCRIBE and UNSUBSCRIBE of one channel reach
 	// each node in the order of the decisions.
 	for _, s := range nt.subs {
-		if s != nil {
-			s.subscribe(fresh)
-		}
+		s.subscribe(fresh)
 	}
 	nt.mu.Unlock()
 	return w
@@ -95,9 +94,7 @@ func (w *waiter) done() {
 		}
 	}
 	for _, s := range nt.subs {
-		if s != nil {
-			s.unsubscribe(stale)
-		}
+		s.unsubscribe(stale)
 	}
 	nt.mu.Unlock()
 }
@@ -132,20 +129,43 @@ func (nt *notifier) channels() []string {
 	return out
 }
 
+// keepAlive pings every connected subscription until close.
+func (nt *notifier) keepAlive() {
+	defer nt.wg.Done()
+	t := time.NewTicker(nt.ping)
+	defer t.Stop()
+	for {
+		select {
+		case <-nt.stop:
+			return
+		case <-t.C:
+			for _, s := range nt.subs {
+				s.mu.Lock()
+				if s.c != nil && !s.closed {
+					s.send("PING", nil)
+				}
+				s.mu.Unlock()
+			}
+		}
+	}
+}
+
 // close ends every subscription connection and waits for its goroutines.
 func (nt *notifier) close() {
+	nt.mu.Lock()
+	close(nt.stop)
+	nt.mu.Unlock()
 	for _, s := range nt.subs {
-		if s != nil {
-			s.close()
-		}
+		s.close()
 	}
 	nt.wg.Wait()
 }
 
 // subConn is the Pub/Sub connection to one node, dialled on first use.
 type subConn struct {
-	nt   *notifier
-	dial func(ctx context.Context) (redis.Conn, error)
+	nt            *notifier
+	dial          func(ctx context.Context) (redis.Conn, error)
+	interruptible bool // Close from another goroutine unblocks the reader
 
 	mu      sync.Mutex // protects the fields below and serialises writes; taken after nt.mu
 	c       redis.Conn // nil: not connected
@@ -177,75 +197,102 @@ func (s *subConn) unsubscribe(channels []string) {
 	}
 }
 
-// send writes one command; s.mu is held. A write error closes the
-// connection (the reader then ends).
+// send writes one command; s.mu is held. A write error breaks the
+// connection (redigo closes it), and the reader then ends.
 func (s *subConn) send(cmd string, channels []string) {
 	args := make([]interface{}, len(channels))
 	for i, ch := range channels {
 		args[i] = ch
 	}
-	err := s.c.Send(cmd, args...)
-	if err == nil {
-		err = s.c.Flush()
-	}
-	if err != nil {
-		s.c.Close() // the reader sees the error and drops the connection
+	if err := s.c.Send(cmd, args...); err == nil {
+		_ = s.c.Flush()
 	}
 }
 
 func (s *subConn) connect() {
 	defer s.nt.wg.Done()
 	c, err := s.dial(s.nt.base)
-	s.nt.mu.Lock()
-	defer s.nt.mu.Unlock()
+	nt := s.nt
+	nt.mu.Lock()
+	defer nt.mu.Unlock()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.dialing = false
-	if err != nil || s.closed {
-		if c != nil {
-			c.Close()
-		}
+	if err != nil {
+		return
+	}
+	if s.closed {
+		c.Close()
 		return
 	}
 	s.c = c
-	if chs := s.nt.channels(); len(chs) > 0 {
+	if chs := nt.channels(); len(chs) > 0 {
 		s.send("SUBSCRIBE", chs)
 	}
-	s.nt.wg.Add(1)
+	if !nt.pinging {
+		nt.pinging = true
+		nt.wg.Add(1)
+		go nt.keepAlive()
+	}
+	nt.wg.Add(1)
 	go s.read(c)
 }
 
-// read delivers messages until the connection fails or is closed.
+// read delivers messages until the connection fails or is closed, then
+// closes it (a borrowed one goes back to its pool) and, if somebody still
+// waits, connects again.
 func (s *subConn) read(c redis.Conn) {
 	defer s.nt.wg.Done()
 	psc := redis.PubSubConn{Conn: c}
 	for {
-		switch v := psc.Receive().(type) {
+		switch v := psc.ReceiveWithTimeout(3 * s.nt.ping).(type) {
 		case redis.Message:
 			s.nt.announce(v.Channel, false)
+			continue
 		case redis.Subscription:
 			if v.Kind == "subscribe" {
 				s.nt.announce(v.Channel, true)
+				continue
 			}
-		case error:
 			s.mu.Lock()
-			if s.c == c {
-				s.c = nil
-			}
+			closed := s.closed
 			s.mu.Unlock()
-			c.Close()
-			return
+			if !closed || v.Count > 0 {
+				continue
+			}
+		case redis.Pong:
+			continue
+		case error:
 		}
+		break
+	}
+	s.mu.Lock()
+	if s.c == c {
+		s.c = nil
+	}
+	s.mu.Unlock()
+	c.Close() // the only goroutine using c now
+	s.nt.mu.Lock()
+	again := len(s.nt.waiters) > 0
+	s.nt.mu.Unlock()
+	if again {
+		s.subscribe(nil)
 	}
 }
 
+// close ends the subscription: a dialled connection is closed at once; a
+// borrowed one is unsubscribed from everything, and its reader gives it
+// back when the server confirms (or its read deadline passes).
 func (s *subConn) close() {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	s.closed = true
-	c := s.c
-	s.c = nil
-	s.mu.Unlock()
-	if c != nil {
-		c.Close()
+	if s.c == nil {
+		return
 	}
+	if s.interruptible {
+		s.c.Close()
+		return
+	}
+	s.send("UNSUBSCRIBE", nil)
 }

@@ -12,19 +12,11 @@ import (
 	"github.com/gomodule/redigo/redis"
 )
 
-// Pool defaults, used when an Endpoint (or a URL, Addr, Sentinel) leaves the
-// field zero.
-const (
-	// DefaultPoolSize is the most connections a Manager opens to one node.
-	// Callers beyond it wait for a free connection, within the per-node
-	// timeout, so a slow node never piles up connections.
-	DefaultPoolSize = 64
-	// DefaultIdleTimeout closes pooled connections unused for this long.
-	DefaultIdleTimeout = 4 * time.Minute
-	// DefaultDialTimeout bounds establishing one connection (TCP, TLS, AUTH,
-	// SELECT); the per-node timeout of the call bounds it further.
-	DefaultDialTimeout = 2 * time.Second
-)
+// DefaultDialTimeout bounds establishing one connection (TCP, TLS, AUTH,
+// SELECT; for a Sentinel group also asking the sentinels and ROLE), and
+// loading the scripts on it, when an Endpoint, URL, Addr or Sentinel leaves
+// DialTimeout zero.
+const DefaultDialTimeout = 2 * time.Second
 
 // Instance is one Redlock node: an independent Redis master. Build one with
 // Addr, Endpoint, URL, Pool, Sentinel, SentinelURL or ParseInstance. The
@@ -40,8 +32,10 @@ type Instance interface {
 func Addr(hostport string) Instance { return Endpoint{Addr: hostport} }
 
 // Endpoint is a node given field by field, as aioredlock's dict form. The
-// zero values mean: DB 0, no ACL user, no password, plain TCP, and the
-// Default* pool settings.
+// zero values mean: DB 0, no ACL user, no password, plain TCP and
+// DefaultDialTimeout. A Manager opens one pipelined connection to it,
+// shared by all its calls, and a second one while some Lock waits for a
+// release (Pub/Sub); a broken connection is dialled again, with backoff.
 type Endpoint struct {
 	Addr     string      // "host:port" (required); for Network "unix", the socket path
 	Network  string      // "tcp" (default) or "unix"
@@ -50,9 +44,7 @@ type Endpoint struct {
 	Password string      // never printed: String and errors redact it
 	TLS      *tls.Config // nil: plain TCP
 
-	DialTimeout time.Duration // default DefaultDialTimeout
-	PoolSize    int           // most open connections; default DefaultPoolSize
-	IdleTimeout time.Duration // default DefaultIdleTimeout
+	DialTimeout time.Duration // TCP, TLS, AUTH and SELECT of one connection; default DefaultDialTimeout
 }
 
 // String returns the address with the password redacted, e.g.
@@ -98,8 +90,8 @@ func (e Endpoint) validate() error {
 	if e.DB < 0 {
 		return invalidf("endpoint %s: negative DB %d", e.Addr, e.DB)
 	}
-	if e.PoolSize < 0 || e.DialTimeout < 0 || e.IdleTimeout < 0 {
-		return invalidf("endpoint %s: negative pool size or timeout", e.Addr)
+	if e.DialTimeout < 0 {
+		return invalidf("endpoint %s: negative dial timeout", e.Addr)
 	}
 	return nil
 }
@@ -140,33 +132,12 @@ func (e Endpoint) newNode() (*node, error) {
 		opts = append(opts, redis.DialUseTLS(true), redis.DialTLSConfig(e.TLS))
 	}
 	addr := e.Addr
-	pool := newRedisPool(e.PoolSize, e.IdleTimeout, func(ctx context.Context) (redis.Conn, error) {
+	dial := func(ctx context.Context) (redis.Conn, error) {
 		ctx, cancel := context.WithTimeout(ctx, dialTimeout)
 		defer cancel()
 		return redis.DialContext(ctx, network, addr, opts...)
-	})
-	return &node{name: e.String(), pool: pool, owned: true}, nil
-}
-
-// newRedisPool builds the pool every owned node uses: bounded, waiting for
-// a free connection within the caller's ctx, and testing idle connections
-// with PING only when they sat unused for more than a minute.
-func newRedisPool(size int, idle time.Duration, dial func(ctx context.Context) (redis.Conn, error)) *redis.Pool {
-	size = orDefault(size, DefaultPoolSize)
-	return &redis.Pool{
-		DialContext: dial,
-		MaxIdle:     size,
-		MaxActive:   size,
-		Wait:        true,
-		IdleTimeout: orDefault(idle, DefaultIdleTimeout),
-		TestOnBorrowContext: func(ctx context.Context, c redis.Conn, lastUsed time.Time) error {
-			if time.Since(lastUsed) < time.Minute {
-				return nil
-			}
-			_, err := redis.DoContext(c, ctx, "PING")
-			return err
-		},
 	}
+	return &node{name: e.String(), dial: dial, interruptible: true}, nil
 }
 
 func orDefault[T int | time.Duration](v, def T) T {
@@ -320,10 +291,26 @@ func redactURL(raw string) string {
 	return scheme + rest
 }
 
-// Pool is a node reached through a redigo pool that the caller owns:
-// Manager.Close leaves it open. Commands still honour the per-node timeout
-// through DoContext; set Wait and MaxActive on the pool to bound it.
-// Pool(nil) is reported by New as ErrInvalidArgument.
+// Pool is a node reached through a redigo pool that the caller owns. The
+// Manager borrows ONE connection from it (GetContext) and holds it as the
+// node's pipelined connection, shared by all its calls, and a second one
+// while some Lock waits for a release (Pub/Sub); a broken connection goes
+// back to the pool (which drops it) and the next one is borrowed, so the
+// pool's Dial, AUTH, SELECT, TLS and TestOnBorrow apply as usual and its
+// MaxActive counts these one or two connections. Release wake-ups and the
+// restart guard (INFO server on every borrowed connection) work as for
+// Addr. Close gives the connections back and leaves the pool open.
+//
+// What a pool user gives up: the pool's MaxConnLifetime and IdleTimeout
+// apply when a connection is borrowed and given back, not while the
+// Manager holds it (it holds it until it breaks or Close); Wait and
+// MaxActive only bound the borrowing. Every command is bounded by the
+// node timeout (WithNodeTimeout), whatever read timeout the pool's Dial
+// sets: the Manager reads with a deadline of twice the node timeout, so a
+// hung node's connection is given back, broken, within that. Connections
+// whose type does not support redis.ConnWithTimeout (a Dial that wraps
+// redigo's connections) are read without that deadline and rely on their
+// own. Pool(nil) is reported by New as ErrInvalidArgument.
 func Pool(p *redis.Pool) Instance { return poolInstance{p} }
 
 type poolInstance struct{ p *redis.Pool }
@@ -334,7 +321,7 @@ func (p poolInstance) newNode() (*node, error) {
 	if p.p == nil {
 		return nil, invalidf("Pool(nil)")
 	}
-	return &node{name: "pool", pool: p.p}, nil
+	return &node{name: "pool", dial: p.p.GetContext}, nil
 }
 
 // ParseInstance turns one string into an Instance, for command lines and

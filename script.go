@@ -1,7 +1,6 @@
 package redlock
 
 import (
-	"context"
 	"errors"
 	"strings"
 
@@ -48,23 +47,16 @@ type luaScript struct {
 	keyCount int         // -1: any number of keys
 }
 
-// evalScript runs a script on a node and waits for the reply (the
-// asynchronous path of async.go is the other way; both build arguments
-// with scriptArgs and fall back alike). It sends
-// EVALSHA; when the node answers NOSCRIPT (it restarted, was flushed, or a
-// Sentinel failover promoted a replica that never saw SCRIPT LOAD) it sends
-// EVAL with the full source, which also caches the script, so the next call
-// is EVALSHA again. The ctx bounds the command itself (redigo DoContext).
-func evalScript(ctx context.Context, c redis.Conn, s *luaScript, keys []string, args ...interface{}) (interface{}, error) {
-	if s.keyCount >= 0 && len(keys) != s.keyCount {
-		return nil, errors.New("redlock: script " + s.name + ": wrong number of keys")
-	}
-	cmdArgs := scriptArgs(s, keys, args...)
-	reply, err := redis.DoContext(c, ctx, "EVALSHA", cmdArgs...)
-	if err != nil && isNoScript(err) {
-		reply, err = redis.DoContext(c, ctx, "EVAL", evalArgs(s, cmdArgs)...)
-	}
-	return reply, err
+// evalArgs turns EVALSHA's arguments into EVAL's, for the NOSCRIPT
+// fallback: the source replaces the digest. A node answers NOSCRIPT when it
+// restarted, was flushed, or a Sentinel failover promoted a replica that
+// never saw SCRIPT LOAD; EVAL also caches the script, so the next call is
+// EVALSHA again.
+func evalArgs(s *luaScript, args []interface{}) []interface{} {
+	out := make([]interface{}, len(args))
+	copy(out, args)
+	out[0] = s.source
+	return out
 }
 
 // isNoScript reports whether err is Redis's NOSCRIPT reply.
@@ -73,31 +65,3 @@ func isNoScript(err error) bool {
 	return errors.As(err, &re) && strings.HasPrefix(string(re), "NOSCRIPT")
 }
 
-// loadScripts sends SCRIPT LOAD for every script on a new pipelined
-// connection (see mux.redial), before any other command, in one round trip.
-//
-// It is what keeps commands in order on a node. The asynchronous path
-// pipelines EVALSHA; a command answered NOSCRIPT is resent as EVAL behind
-// whatever was pipelined after it, so on a server that knew release.lua but
-// not acquire.lua, the release queued by a failed Lock would run before the
-// acquire it cleans up, and the key would stay until its TTL. With every
-// script loaded when the connection opens, NOSCRIPT can only follow a
-// SCRIPT FLUSH while the connection is in use; then, at worst, such a key
-// outlives its release until its TTL (liveness, never mutual exclusion: a
-// resent acquire or extend never overrides another token).
-//
-// Error replies (an ACL user without +script) are ignored: the NOSCRIPT
-// fallback still works. A transport error fails the dial.
-func loadScripts(ctx context.Context, c redis.Conn) error {
-	for _, s := range scriptRegistry {
-		if err := c.Send("SCRIPT", "LOAD", s.Source); err != nil {
-			return err
-		}
-	}
-	_, err := redis.DoContext(c, ctx, "")
-	var refused redis.Error
-	if errors.As(err, &refused) {
-		return nil
-	}
-	return err
-}

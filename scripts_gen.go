@@ -4,7 +4,7 @@
 package redlock
 
 import (
-	"context"
+	"fmt"
 
 	"github.com/gomodule/redigo/redis"
 )
@@ -45,14 +45,44 @@ const acquireSHA1 = "3405b0cab78deb00067c455282eeabca4420b3b8"
 // acquireScript describes lua/acquire.lua.
 var acquireScript = luaScript{name: "acquire", source: acquireSource, sha1: acquireSHA1, sha1Arg: acquireSHA1, keyCount: -1}
 
-// evalAcquire runs lua/acquire.lua with EVALSHA (EVAL after NOSCRIPT): take every lock key for one token, all or nothing.
+// acquireArgs returns EVALSHA's arguments for lua/acquire.lua: take every lock key for one token, all or nothing.
+// They are the digest, the key count, then in this order:
 //   - KEYS[1..n] keys: the lock keys, one per resource
 //   - ARGV[1] token: the lock's token (the value stored in every key)
 //   - ARGV[2] ttl_ms: time to live in milliseconds (> 0)
-//   - returns {1, ttl_ms} acquired: every key now holds the token and expires in ttl_ms
-//   - returns {0, pttl} held by another token: nothing changed; pttl is the longest remaining time to live among the foreign keys in milliseconds (-1: a foreign key has no expiry)
-func evalAcquire(ctx context.Context, c redis.Conn, keys []string, token string, ttlMs int64) ([]interface{}, error) {
-	return redis.Values(evalScript(ctx, c, &acquireScript, keys, token, ttlMs))
+//
+// The caller checks that keys is not empty.
+func acquireArgs(keys []string, token string, ttlMs int64) []interface{} {
+	args := make([]interface{}, 0, 2+len(keys)+2)
+	args = append(args, acquireScript.sha1Arg, len(keys))
+	for _, k := range keys {
+		args = append(args, k)
+	}
+	return append(args, token, ttlMs)
+}
+
+// acquireReply decodes a reply of lua/acquire.lua, an array of 2 elements:
+//   - {1, ttl_ms} acquired: every key now holds the token and expires in ttl_ms
+//   - {0, pttl} held by another token: nothing changed; pttl is the longest remaining time to live among the foreign keys in milliseconds (-1: a foreign key has no expiry)
+//
+// A non-nil err (a transport error, or an error reply such as NOSCRIPT) is
+// returned as it is, and so is a redis.Error given as reply; any other reply
+// that is not an array of 2 elements is an error.
+func acquireReply(reply interface{}, err error) ([]interface{}, error) {
+	if err != nil {
+		return nil, err
+	}
+	switch reply := reply.(type) {
+	case []interface{}:
+		if len(reply) != 2 {
+			return nil, fmt.Errorf("redlock: acquire: unexpected reply of %d elements", len(reply))
+		}
+		return reply, nil
+	case redis.Error:
+		return nil, reply
+	default:
+		return nil, fmt.Errorf("redlock: acquire: unexpected reply type %T", reply)
+	}
 }
 
 // acquireFencedSource is lua/acquire_fenced.lua, byte for byte.
@@ -77,15 +107,38 @@ const acquireFencedSHA1 = "ec315019fb00e2888d495032626d1a8ad883e19f"
 // acquireFencedScript describes lua/acquire_fenced.lua.
 var acquireFencedScript = luaScript{name: "acquire_fenced", source: acquireFencedSource, sha1: acquireFencedSHA1, sha1Arg: acquireFencedSHA1, keyCount: 2}
 
-// evalAcquireFenced runs lua/acquire_fenced.lua with EVALSHA (EVAL after NOSCRIPT): take a lock key for one token and read the resource's fencing counter (phase 1 of WithFencing).
+// acquireFencedArgs returns EVALSHA's arguments for lua/acquire_fenced.lua: take a lock key for one token and read the resource's fencing counter (phase 1 of WithFencing).
+// They are the digest, the key count, then in this order:
 //   - KEYS[1] key: the lock key
 //   - KEYS[2] counter_key: the resource's fencing counter (no expiry)
 //   - ARGV[1] token: the lock's token
 //   - ARGV[2] ttl_ms: time to live in milliseconds (> 0)
-//   - returns {1, counter} acquired: the key holds the token and expires in ttl_ms; counter is the stored fencing counter (0 when none)
-//   - returns {0, pttl} held by another token: nothing changed; pttl is its remaining time to live in milliseconds (-1: no expiry)
-func evalAcquireFenced(ctx context.Context, c redis.Conn, key string, counterKey string, token string, ttlMs int64) ([]interface{}, error) {
-	return redis.Values(evalScript(ctx, c, &acquireFencedScript, []string{key, counterKey}, token, ttlMs))
+func acquireFencedArgs(key string, counterKey string, token string, ttlMs int64) []interface{} {
+	return []interface{}{acquireFencedScript.sha1Arg, 2, key, counterKey, token, ttlMs}
+}
+
+// acquireFencedReply decodes a reply of lua/acquire_fenced.lua, an array of 2 elements:
+//   - {1, counter} acquired: the key holds the token and expires in ttl_ms; counter is the stored fencing counter (0 when none)
+//   - {0, pttl} held by another token: nothing changed; pttl is its remaining time to live in milliseconds (-1: no expiry)
+//
+// A non-nil err (a transport error, or an error reply such as NOSCRIPT) is
+// returned as it is, and so is a redis.Error given as reply; any other reply
+// that is not an array of 2 elements is an error.
+func acquireFencedReply(reply interface{}, err error) ([]interface{}, error) {
+	if err != nil {
+		return nil, err
+	}
+	switch reply := reply.(type) {
+	case []interface{}:
+		if len(reply) != 2 {
+			return nil, fmt.Errorf("redlock: acquire_fenced: unexpected reply of %d elements", len(reply))
+		}
+		return reply, nil
+	case redis.Error:
+		return nil, reply
+	default:
+		return nil, fmt.Errorf("redlock: acquire_fenced: unexpected reply type %T", reply)
+	}
 }
 
 // extendSource is lua/extend.lua, byte for byte.
@@ -113,14 +166,41 @@ const extendSHA1 = "b986dbf4c61dce4d5de58a2e3d1b5c984ad363e9"
 // extendScript describes lua/extend.lua.
 var extendScript = luaScript{name: "extend", source: extendSource, sha1: extendSHA1, sha1Arg: extendSHA1, keyCount: -1}
 
-// evalExtend runs lua/extend.lua with EVALSHA (EVAL after NOSCRIPT): reset the time to live of every lock key that still holds the token, all or nothing.
+// extendArgs returns EVALSHA's arguments for lua/extend.lua: reset the time to live of every lock key that still holds the token, all or nothing.
+// They are the digest, the key count, then in this order:
 //   - KEYS[1..n] keys: the lock keys, one per resource
 //   - ARGV[1] token: the lock's token
 //   - ARGV[2] ttl_ms: new time to live in milliseconds (> 0)
-//   - returns 1 extended: every key held the token and now expires in ttl_ms
-//   - returns 0 not held: some key is missing or holds another token; nothing changed, no key is created
-func evalExtend(ctx context.Context, c redis.Conn, keys []string, token string, ttlMs int64) (int64, error) {
-	return redis.Int64(evalScript(ctx, c, &extendScript, keys, token, ttlMs))
+//
+// The caller checks that keys is not empty.
+func extendArgs(keys []string, token string, ttlMs int64) []interface{} {
+	args := make([]interface{}, 0, 2+len(keys)+2)
+	args = append(args, extendScript.sha1Arg, len(keys))
+	for _, k := range keys {
+		args = append(args, k)
+	}
+	return append(args, token, ttlMs)
+}
+
+// extendReply decodes a reply of lua/extend.lua, an integer:
+//   - 1 extended: every key held the token and now expires in ttl_ms
+//   - 0 not held: some key is missing or holds another token; nothing changed, no key is created
+//
+// A non-nil err (a transport error, or an error reply such as NOSCRIPT) is
+// returned as it is, and so is a redis.Error given as reply; any other reply
+// that is not an integer is an error.
+func extendReply(reply interface{}, err error) (int64, error) {
+	if err != nil {
+		return 0, err
+	}
+	if e, ok := reply.(redis.Error); ok {
+		return 0, e
+	}
+	n, err := redis.Int64(reply, nil)
+	if err != nil {
+		return 0, fmt.Errorf("redlock: extend: unexpected reply: %w", err)
+	}
+	return n, nil
 }
 
 // fenceSource is lua/fence.lua, byte for byte.
@@ -147,15 +227,35 @@ const fenceSHA1 = "e841523ece964532791032c983107502180f1499"
 // fenceScript describes lua/fence.lua.
 var fenceScript = luaScript{name: "fence", source: fenceSource, sha1: fenceSHA1, sha1Arg: fenceSHA1, keyCount: 2}
 
-// evalFence runs lua/fence.lua with EVALSHA (EVAL after NOSCRIPT): raise the resource's fencing counter to the new token while the lock is still held (phase 2 of WithFencing).
+// fenceArgs returns EVALSHA's arguments for lua/fence.lua: raise the resource's fencing counter to the new token while the lock is still held (phase 2 of WithFencing).
+// They are the digest, the key count, then in this order:
 //   - KEYS[1] key: the lock key
 //   - KEYS[2] counter_key: the resource's fencing counter (no expiry)
 //   - ARGV[1] token: the lock's token
 //   - ARGV[2] fence: the new fencing token (max of the quorum's counters + 1)
-//   - returns 1 recorded: the key holds the token and the counter is now at least fence
-//   - returns 0 not held: the key is missing or holds another token; the counter is unchanged
-func evalFence(ctx context.Context, c redis.Conn, key string, counterKey string, token string, fence int64) (int64, error) {
-	return redis.Int64(evalScript(ctx, c, &fenceScript, []string{key, counterKey}, token, fence))
+func fenceArgs(key string, counterKey string, token string, fence int64) []interface{} {
+	return []interface{}{fenceScript.sha1Arg, 2, key, counterKey, token, fence}
+}
+
+// fenceReply decodes a reply of lua/fence.lua, an integer:
+//   - 1 recorded: the key holds the token and the counter is now at least fence
+//   - 0 not held: the key is missing or holds another token; the counter is unchanged
+//
+// A non-nil err (a transport error, or an error reply such as NOSCRIPT) is
+// returned as it is, and so is a redis.Error given as reply; any other reply
+// that is not an integer is an error.
+func fenceReply(reply interface{}, err error) (int64, error) {
+	if err != nil {
+		return 0, err
+	}
+	if e, ok := reply.(redis.Error); ok {
+		return 0, e
+	}
+	n, err := redis.Int64(reply, nil)
+	if err != nil {
+		return 0, fmt.Errorf("redlock: fence: unexpected reply: %w", err)
+	}
+	return n, nil
 }
 
 // inspectSource is lua/inspect.lua, byte for byte.
@@ -175,11 +275,34 @@ const inspectSHA1 = "c6076867876c721fb3bf02ec3072a7b9b73b6e49"
 // inspectScript describes lua/inspect.lua.
 var inspectScript = luaScript{name: "inspect", source: inspectSource, sha1: inspectSHA1, sha1Arg: inspectSHA1, keyCount: 1}
 
-// evalInspect runs lua/inspect.lua with EVALSHA (EVAL after NOSCRIPT): read who holds a lock key and for how long, without changing anything.
+// inspectArgs returns EVALSHA's arguments for lua/inspect.lua: read who holds a lock key and for how long, without changing anything.
+// They are the digest, the key count, then in this order:
 //   - KEYS[1] key: the lock key
-//   - returns {holder, pttl} holder is the stored token ("" when the key is free); pttl is the remaining time to live in milliseconds (-2 free, -1 no expiry)
-func evalInspect(ctx context.Context, c redis.Conn, key string) ([]interface{}, error) {
-	return redis.Values(evalScript(ctx, c, &inspectScript, []string{key}))
+func inspectArgs(key string) []interface{} {
+	return []interface{}{inspectScript.sha1Arg, 1, key}
+}
+
+// inspectReply decodes a reply of lua/inspect.lua, an array of 2 elements:
+//   - {holder, pttl} holder is the stored token ("" when the key is free); pttl is the remaining time to live in milliseconds (-2 free, -1 no expiry)
+//
+// A non-nil err (a transport error, or an error reply such as NOSCRIPT) is
+// returned as it is, and so is a redis.Error given as reply; any other reply
+// that is not an array of 2 elements is an error.
+func inspectReply(reply interface{}, err error) ([]interface{}, error) {
+	if err != nil {
+		return nil, err
+	}
+	switch reply := reply.(type) {
+	case []interface{}:
+		if len(reply) != 2 {
+			return nil, fmt.Errorf("redlock: inspect: unexpected reply of %d elements", len(reply))
+		}
+		return reply, nil
+	case redis.Error:
+		return nil, reply
+	default:
+		return nil, fmt.Errorf("redlock: inspect: unexpected reply type %T", reply)
+	}
 }
 
 // releaseSource is lua/release.lua, byte for byte.
@@ -205,12 +328,39 @@ const releaseSHA1 = "0ab413943d9315181ad188c231988fb76e885b53"
 // releaseScript describes lua/release.lua.
 var releaseScript = luaScript{name: "release", source: releaseSource, sha1: releaseSHA1, sha1Arg: releaseSHA1, keyCount: -1}
 
-// evalRelease runs lua/release.lua with EVALSHA (EVAL after NOSCRIPT): delete the lock keys that hold the token, leave every other key alone, and announce each deletion.
+// releaseArgs returns EVALSHA's arguments for lua/release.lua: delete the lock keys that hold the token, leave every other key alone, and announce each deletion.
+// They are the digest, the key count, then in this order:
 //   - KEYS[1..n] keys: the lock keys, one per resource
 //   - ARGV[1] token: the lock's token
-//   - returns n the number of keys deleted; equal to the number of KEYS when the token held them all, 0 when it held none; each deleted key is published on channel "redlock:released:<key>" so that waiters retry at once
-func evalRelease(ctx context.Context, c redis.Conn, keys []string, token string) (int64, error) {
-	return redis.Int64(evalScript(ctx, c, &releaseScript, keys, token))
+//
+// The caller checks that keys is not empty.
+func releaseArgs(keys []string, token string) []interface{} {
+	args := make([]interface{}, 0, 2+len(keys)+1)
+	args = append(args, releaseScript.sha1Arg, len(keys))
+	for _, k := range keys {
+		args = append(args, k)
+	}
+	return append(args, token)
+}
+
+// releaseReply decodes a reply of lua/release.lua, an integer:
+//   - n the number of keys deleted; equal to the number of KEYS when the token held them all, 0 when it held none; each deleted key is published on channel "redlock:released:<key>" so that waiters retry at once
+//
+// A non-nil err (a transport error, or an error reply such as NOSCRIPT) is
+// returned as it is, and so is a redis.Error given as reply; any other reply
+// that is not an integer is an error.
+func releaseReply(reply interface{}, err error) (int64, error) {
+	if err != nil {
+		return 0, err
+	}
+	if e, ok := reply.(redis.Error); ok {
+		return 0, e
+	}
+	n, err := redis.Int64(reply, nil)
+	if err != nil {
+		return 0, fmt.Errorf("redlock: release: unexpected reply: %w", err)
+	}
+	return n, nil
 }
 
 // scriptRegistry lists every script in lua/, sorted by name; see Scripts.

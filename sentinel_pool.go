@@ -12,7 +12,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -32,16 +31,16 @@ const DefaultReplicaAckTimeout = 100 * time.Millisecond
 // master='leader', db=3) is Sentinel{Addrs: []string{"localhost:26379"},
 // Master: "leader", DB: 3}).
 //
-// Every new connection asks the sentinels for the master's address (the
+// The node has one pipelined connection to the master, like every node.
+// Each new connection asks the sentinels for the master's address (the
 // first sentinel that answers wins and is asked first next time), dials it,
 // authenticates, selects DB and checks with ROLE, once, that the server
 // really is a master. A connection that later meets a reply saying the
 // server is no longer the master (READONLY, LOADING, MASTERDOWN) or a
-// dropped link is discarded together with every pooled connection dialled
-// before it, and the command is retried once on a freshly discovered master,
-// within the same per-node timeout (WithNodeTimeout). The new connection
-// loads every script first, so the new master, which never saw them
-// (scripts are not replicated), answers EVALSHA at once.
+// dropped link is dropped, and the command is retried once on a freshly
+// discovered master, within the same per-node timeout (WithNodeTimeout).
+// The new connection loads every script first, so the new master, which
+// never saw them (scripts are not replicated), answers EVALSHA at once.
 //
 // Safety caveat: Redis replication is asynchronous, so a failover can
 // promote a replica that never received a lock key, and the group forgets
@@ -51,8 +50,8 @@ const DefaultReplicaAckTimeout = 100 * time.Millisecond
 // close it; the restart guard (WithRestartGuard, on by default) ignores the
 // group's votes for one max TTL after it notices a new master (a new run_id).
 //
-// The zero values mean: DB 0, no ACL user, no passwords, plain TCP, the
-// Default* pool settings and no replica acknowledgement. String and errors
+// The zero values mean: DB 0, no ACL user, no passwords, plain TCP,
+// DefaultDialTimeout and no replica acknowledgement. String and errors
 // never contain a password.
 type Sentinel struct {
 	Addrs            []string    // sentinel "host:port" list (required)
@@ -68,14 +67,17 @@ type Sentinel struct {
 	// SELECT and ROLE; default DefaultDialTimeout. A sentinel that does not
 	// answer is asked last the next time.
 	DialTimeout time.Duration
-	PoolSize    int // most open connections to the master; default DefaultPoolSize
 
-	// MinReplicaAcks, when > 0, makes every successful acquire or extend on
-	// this node wait until at least that many replicas acknowledged the
-	// write (Redis WAIT, on the same connection, at most ReplicaAckTimeout).
-	// When fewer did, the node's vote counts as failed: its NodeError says
-	// how many replicas acknowledged and matches ErrUnavailable. The key
-	// stays written (a failed Lock releases it as usual). Default 0: off.
+	// MinReplicaAcks, when > 0, makes every successful acquire, extend or
+	// fence on this node wait until at least that many replicas
+	// acknowledged the write (Redis WAIT, at most ReplicaAckTimeout). WAIT
+	// counts every earlier write of the connection, so ONE WAIT follows
+	// each pipelined batch that holds such writes, and its answer is handed
+	// to all of them: a slow replica delays the batch once, not once per
+	// write. When fewer replicas acknowledged, the node's vote counts as
+	// failed: its NodeError says how many did and matches ErrUnavailable.
+	// The key stays written (a failed Lock releases it as usual). Default
+	// 0: off.
 	//
 	// Limits: WAIT does not make replication synchronous. The write is
 	// already visible on the master before the replicas acknowledge it, an
@@ -87,8 +89,9 @@ type Sentinel struct {
 	// node fail.
 	MinReplicaAcks int
 	// ReplicaAckTimeout is the WAIT timeout; default
-	// DefaultReplicaAckTimeout. It is cut to what remains of the per-node
-	// timeout, so keep it well below WithNodeTimeout.
+	// DefaultReplicaAckTimeout. It is cut to four fifths of the node
+	// timeout (WithNodeTimeout), so keep it well below that. Commands
+	// pipelined behind a WAIT wait for it too.
 	ReplicaAckTimeout time.Duration
 }
 
@@ -117,8 +120,8 @@ func (s Sentinel) validate() error {
 	if s.DB < 0 {
 		return invalidf("sentinel %q: negative DB %d", s.Master, s.DB)
 	}
-	if s.DialTimeout < 0 || s.PoolSize < 0 {
-		return invalidf("sentinel %q: negative pool size or timeout", s.Master)
+	if s.DialTimeout < 0 {
+		return invalidf("sentinel %q: negative dial timeout", s.Master)
 	}
 	if s.MinReplicaAcks < 0 || s.ReplicaAckTimeout < 0 {
 		return invalidf("sentinel %q: negative MinReplicaAcks or ReplicaAckTimeout", s.Master)
@@ -173,18 +176,12 @@ func (s Sentinel) newNode() (*node, error) {
 			return &redis.Pool{Dial: func() (redis.Conn, error) { return dialSentinel(addr) }, MaxIdle: 0}
 		},
 	}
-	pool := newRedisPool(s.PoolSize, 0, sn.dial)
-	pool.TestOnBorrowContext = sn.dropStale(pool.TestOnBorrowContext)
-	watch := &sentinelWatch{acks: s.MinReplicaAcks, ackTimeout: orDefault(s.ReplicaAckTimeout, DefaultReplicaAckTimeout)}
-	return &node{name: s.String(), pool: pool, owned: true, close: sn.snt.Close, sentinel: watch}, nil
+	return &node{name: s.String(), dial: sn.dial, interruptible: true, close: sn.snt.Close, sentinel: true,
+		acks: s.MinReplicaAcks, ackTimeout: orDefault(s.ReplicaAckTimeout, DefaultReplicaAckTimeout)}, nil
 }
 
 // errDiscoveryTimeout fails a sentinel dial once the discovery's time is up.
 var errDiscoveryTimeout = errors.New("redlock: no time left to ask the sentinels")
-
-// errStaleMaster makes the pool drop an idle connection dialled before the
-// node noticed that its master moved.
-var errStaleMaster = errors.New("redlock: connection to a former master")
 
 // sentinelNode discovers and dials the master of one Sentinel group.
 type sentinelNode struct {
@@ -194,18 +191,13 @@ type sentinelNode struct {
 	masterOpts []redis.DialOption
 	deadline   atomic.Int64 // unix nanos: end of the discovery in progress
 	asked      atomic.Int64 // sentinels dialled in the discovery in progress
-
-	// gen counts the failovers noticed. A connection carries the gen it was
-	// dialled in; the pool discards idle connections of an older gen.
-	gen atomic.Uint64
 }
 
-// dial is the pool's DialContext: discover the master, dial it (AUTH,
-// SELECT), and check its ROLE once.
+// dial is the node's dialler: discover the master, dial it (AUTH, SELECT),
+// and check its ROLE once.
 func (sn *sentinelNode) dial(ctx context.Context) (redis.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, sn.timeout)
 	defer cancel()
-	gen := sn.gen.Load()
 	addr, err := sn.masterAddr(ctx)
 	if err != nil {
 		return nil, err
@@ -222,18 +214,7 @@ func (sn *sentinelNode) dial(ctx context.Context) (redis.Conn, error) {
 		c.Close()
 		return nil, fmt.Errorf("%w: %s, named master by the sentinels, does not answer ROLE as a master (failover in progress?)", ErrUnavailable, addr)
 	}
-	return &sentinelConn{Conn: c, sn: sn, gen: gen, addr: addr}, nil
-}
-
-// dropStale wraps a pool's TestOnBorrowContext: an idle connection dialled
-// before the node noticed a failover is dropped without a round trip.
-func (sn *sentinelNode) dropStale(next func(context.Context, redis.Conn, time.Time) error) func(context.Context, redis.Conn, time.Time) error {
-	return func(ctx context.Context, c redis.Conn, lastUsed time.Time) error {
-		if sc, ok := c.(*sentinelConn); ok && sc.gen != sn.gen.Load() {
-			return errStaleMaster
-		}
-		return next(ctx, c, lastUsed)
-	}
+	return c, nil
 }
 
 // masterAddr asks the sentinels for the master's address. Calls are
@@ -268,214 +249,6 @@ type ctxConn struct {
 
 func (c ctxConn) Do(cmd string, args ...interface{}) (interface{}, error) {
 	return redis.DoContext(c.Conn, c.ctx, cmd, args...)
-}
-
-// sentinelConn is a connection to the server a Sentinel group named as its
-// master. It watches every reply: once the server answers that it is no
-// longer a writable master, Err reports it, so that the pool closes the
-// connection instead of keeping it idle (a READONLY reply leaves the
-// connection healthy at the protocol level), and the node's gen moves on so
-// that older idle connections are dropped too.
-type sentinelConn struct {
-	redis.Conn // from redis.DialContext: supports ConnWithContext and ConnWithTimeout
-	sn         *sentinelNode
-	gen        uint64 // sn.gen when dialled
-	addr       string // the master's address when dialled
-
-	mu   sync.Mutex // protects lost
-	lost error      // the reply that showed the server is no longer the master
-}
-
-// Err returns the reason the connection is unusable: a failover reply seen
-// on it, or the underlying connection's fatal error.
-func (c *sentinelConn) Err() error {
-	c.mu.Lock()
-	lost := c.lost
-	c.mu.Unlock()
-	if lost != nil {
-		return lost
-	}
-	return c.Conn.Err()
-}
-
-// observe records what err says about the master.
-func (c *sentinelConn) observe(err error) {
-	if err == nil {
-		return
-	}
-	if isFailoverReply(err) {
-		c.mu.Lock()
-		if c.lost == nil {
-			c.lost = fmt.Errorf("redlock: %s is no longer the master: %w", c.addr, err)
-		}
-		c.mu.Unlock()
-	}
-	if masterMoved(c.Err()) {
-		c.sn.gen.CompareAndSwap(c.gen, c.gen+1)
-	}
-}
-
-func (c *sentinelConn) Do(cmd string, args ...interface{}) (interface{}, error) {
-	reply, err := c.Conn.Do(cmd, args...)
-	c.observe(err)
-	return reply, err
-}
-
-func (c *sentinelConn) DoContext(ctx context.Context, cmd string, args ...interface{}) (interface{}, error) {
-	reply, err := redis.DoContext(c.Conn, ctx, cmd, args...)
-	c.observe(err)
-	return reply, err
-}
-
-func (c *sentinelConn) DoWithTimeout(timeout time.Duration, cmd string, args ...interface{}) (interface{}, error) {
-	reply, err := redis.DoWithTimeout(c.Conn, timeout, cmd, args...)
-	c.observe(err)
-	return reply, err
-}
-
-func (c *sentinelConn) Receive() (interface{}, error) {
-	reply, err := c.Conn.Receive()
-	c.observe(err)
-	return reply, err
-}
-
-func (c *sentinelConn) ReceiveContext(ctx context.Context) (interface{}, error) {
-	reply, err := redis.ReceiveContext(c.Conn, ctx)
-	c.observe(err)
-	return reply, err
-}
-
-func (c *sentinelConn) ReceiveWithTimeout(timeout time.Duration) (interface{}, error) {
-	reply, err := redis.ReceiveWithTimeout(c.Conn, timeout)
-	c.observe(err)
-	return reply, err
-}
-
-// sentinelWatch is a Sentinel node's hook in node.do. It hands fn a
-// connection that notes replies meaning the master moved (masterMoved) and,
-// with MinReplicaAcks, sends WAIT after every successful acquire or extend
-// script. When the master moved and ctx is not done, fn runs once more: the
-// transport has dropped the connection by then, so the retry dials the
-// master the sentinels name now. Every redlock script is safe to repeat.
-type sentinelWatch struct {
-	acks       int           // MinReplicaAcks; 0: no WAIT
-	ackTimeout time.Duration // WAIT timeout
-}
-
-func (w *sentinelWatch) do(ctx context.Context, n *node, fn func(c redis.Conn) error) error {
-	var moved error
-	run := func(c redis.Conn) error { return fn(&watchConn{Conn: c, w: w, moved: &moved}) }
-	err := n.doOnce(ctx, run)
-	if moved == nil || ctx.Err() != nil {
-		return err
-	}
-	moved = nil
-	return n.doOnce(ctx, run)
-}
-
-// watchConn is the connection fn sees on a Sentinel node (one goroutine).
-type watchConn struct {
-	redis.Conn // the pooled connection or the shared pipelined one
-	w          *sentinelWatch
-	moved      *error // first error that means the master moved
-}
-
-func (c *watchConn) note(err error) {
-	if *c.moved == nil && masterMoved(err) {
-		*c.moved = err
-	}
-}
-
-func (c *watchConn) Do(cmd string, args ...interface{}) (interface{}, error) {
-	return c.DoContext(context.Background(), cmd, args...)
-}
-
-func (c *watchConn) DoContext(ctx context.Context, cmd string, args ...interface{}) (interface{}, error) {
-	reply, err := redis.DoContext(c.Conn, ctx, cmd, args...)
-	c.note(err)
-	if err == nil && c.w.acks > 0 && (cmd == "EVALSHA" || cmd == "EVAL") {
-		return c.awaitReplicas(ctx, args, reply)
-	}
-	return reply, err
-}
-
-func (c *watchConn) ReceiveContext(ctx context.Context) (interface{}, error) {
-	reply, err := redis.ReceiveContext(c.Conn, ctx)
-	c.note(err)
-	return reply, err
-}
-
-// ackedScripts are the writes whose success needs replica acknowledgement
-// (MinReplicaAcks), by SHA1 and by source (the EVAL fallback), with how to
-// tell a successful reply.
-var ackedScripts = func() map[string]func(reply interface{}) bool {
-	listOK := func(reply interface{}) bool { // {1, ...}
-		v, ok := reply.([]interface{})
-		return ok && len(v) > 0 && v[0] == int64(1)
-	}
-	intOK := func(reply interface{}) bool { return reply == int64(1) }
-	m := map[string]func(interface{}) bool{}
-	for _, s := range []struct {
-		script *luaScript
-		ok     func(interface{}) bool
-	}{{&acquireScript, listOK}, {&acquireFencedScript, listOK}, {&extendScript, intOK}, {&fenceScript, intOK}} {
-		m[s.script.sha1] = s.ok
-		m[s.script.source] = s.ok
-	}
-	return m
-}()
-
-// awaitReplicas sends WAIT after a successful acquire or extend script (args
-// are EVALSHA's or EVAL's) and turns the reply into an error when fewer
-// than MinReplicaAcks replicas acknowledged in time. WAIT's timeout is cut
-// to what is left of ctx, so that it returns its count before ctx ends.
-//
-// WAIT counts the replicas that acknowledged every write sent so far on the
-// connection, so it must follow the script on the same connection. On the
-// shared pipelined connection it does, unless that connection breaks between
-// the two replies; WAIT then runs on a fresh connection that wrote nothing
-// and answers at once with the number of connected replicas. That window is
-// a few microseconds and needs the master to fail over in it.
-func (c *watchConn) awaitReplicas(ctx context.Context, args []interface{}, reply interface{}) (interface{}, error) {
-	script, _ := firstString(args)
-	succeeded, ok := ackedScripts[script]
-	if !ok || !succeeded(reply) {
-		return reply, nil
-	}
-	timeout := c.w.ackTimeout
-	if deadline, ok := ctx.Deadline(); ok {
-		if left := time.Until(deadline) - 10*time.Millisecond; left < timeout {
-			timeout = left
-		}
-	}
-	ms := timeout.Milliseconds()
-	if ms < 1 {
-		ms = 1 // WAIT n 0 would block forever
-	}
-	n, err := redis.Int(redis.DoContext(c.Conn, ctx, "WAIT", c.w.acks, ms))
-	c.note(err)
-	if err != nil {
-		return nil, fmt.Errorf("redlock: WAIT for replica acknowledgement: %w", err)
-	}
-	if n < c.w.acks {
-		return nil, fmt.Errorf("%w: %d of %d replicas acknowledged the write within %dms (MinReplicaAcks)",
-			ErrUnavailable, n, c.w.acks, ms)
-	}
-	return reply, nil
-}
-
-// firstString returns args[0] as a string.
-func firstString(args []interface{}) (string, bool) {
-	if len(args) == 0 {
-		return "", false
-	}
-	switch v := args[0].(type) {
-	case string:
-		return v, true
-	case []byte:
-		return string(v), true
-	}
-	return "", false
 }
 
 // isFailoverReply reports whether err is a Redis reply that means the

@@ -17,17 +17,18 @@ import (
 	"github.com/redlock-go/redlock"
 )
 
-// The settings both libraries get, so that every difference measured is the
-// library's.
+// The settings every contender gets, so that every difference measured is
+// the library's.
 const (
-	// poolSize is the most connections per node: redsync's redigo pool gets
-	// it explicitly; redlock.Addr nodes get the library's defaults, whose
-	// bound (redlock.DefaultPoolSize) is the same number. How many
-	// connections a library actually opens is part of what is measured.
+	// poolSize is the most connections per node: the redigo pools that
+	// redsync and redlock-pool run on get it explicitly; redlock.Addr nodes
+	// get the library's defaults, whose bound (redlock.DefaultPoolSize) is
+	// the same number. How many connections a library actually opens is
+	// part of what is measured.
 	poolSize = 64
 	// nodeTimeout bounds one command on one node: redlock's
-	// WithNodeTimeout, redsync's redigo connect/read/write timeouts (its
-	// only per-command bound: redsync sends commands without a ctx).
+	// WithNodeTimeout, and the redigo pools' connect/read/write timeouts
+	// (redsync's only per-command bound: it sends commands without a ctx).
 	nodeTimeout = 500 * time.Millisecond
 	// lockTTL is every lock's TTL (redsync's default expiry).
 	lockTTL = 8 * time.Second
@@ -38,6 +39,8 @@ type client interface {
 	// lock takes resource for lockTTL, with the attempts the client was
 	// opened with and the library's default delay between them.
 	lock(ctx context.Context, resource string) (held, error)
+	// close closes what the client opened; never the nodePools it was
+	// given.
 	close()
 }
 
@@ -46,80 +49,58 @@ type held interface {
 	unlock(ctx context.Context) error
 }
 
-// contender is a library under test and how to open it.
+// contender is a library under test and how to open it. open gets the
+// redigo pools the benchmark made for this run (see nodePools); a
+// contender that reaches the nodes otherwise ignores them.
 type contender struct {
 	name string
-	open func(tb testing.TB, tries int) client
+	open func(tb testing.TB, pools nodePools, tries int) client
 }
 
-// contenders are the libraries every scenario runs, ours first.
+// contenders are the libraries every scenario runs, ours first: redlock on
+// redlock.Addr nodes (its own transport), redlock on redlock.Pool over
+// redigo pools made exactly as redsync's (see nodePools), and redsync.
 var contenders = []contender{
-	{"redlock", openRedlock},
-	{"redsync", func(tb testing.TB, tries int) client { return openRedsync(tb, tries) }},
+	{"redlock-addr", func(tb testing.TB, _ nodePools, tries int) client {
+		return openRedlock(tb, addrInstances(), tries, false)
+	}},
+	{"redlock-pool", func(tb testing.TB, pools nodePools, tries int) client {
+		return openRedlock(tb, pools.instances(), tries, false)
+	}},
+	{"redsync", func(_ testing.TB, pools nodePools, tries int) client { return openRedsync(pools, tries) }},
+}
+
+// fencedContenders are the redlock contenders with WithFencing(); redsync
+// has no fencing tokens.
+var fencedContenders = []contender{
+	{"redlock-addr", func(tb testing.TB, _ nodePools, tries int) client {
+		return openRedlock(tb, addrInstances(), tries, true)
+	}},
+	{"redlock-pool", func(tb testing.TB, pools nodePools, tries int) client {
+		return openRedlock(tb, pools.instances(), tries, true)
+	}},
 }
 
 // redsyncFailFast is redsync with WithFailFast(true), which returns at
 // quorum instead of waiting for every node; the paused-node scenario runs
 // it too, as information (it is not redsync's default).
-var redsyncFailFast = contender{"redsync-failfast", func(tb testing.TB, tries int) client {
-	return openRedsync(tb, tries, redsync.WithFailFast(true))
+var redsyncFailFast = contender{"redsync-failfast", func(_ testing.TB, pools nodePools, tries int) client {
+	return openRedsync(pools, tries, redsync.WithFailFast(true))
 }}
 
-// redlockClient is ours: one Manager over Addr instances.
-type redlockClient struct{ m *redlock.Manager }
+// nodePools are redigo pools, one per node in addrs' order, with the
+// settings redsync gets. Every benchmark run (each call of a benchmark's
+// body) makes one set with newNodePools, hands it to the contender it runs
+// (redsync and redlock-pool run on it; redlock-addr ignores it) and closes
+// it after the contender: libraries never close them. A fresh set per run
+// keeps one contender's idle connections out of the next one's
+// connection counts and warm-up.
+type nodePools []*redis.Pool
 
-// redlockHeld is a *redlock.Lock with the held method; the conversion from
-// *redlock.Lock allocates nothing.
-type redlockHeld redlock.Lock
-
-func openRedlock(tb testing.TB, tries int) client {
-	insts := make([]redlock.Instance, len(addrs))
+func newNodePools() nodePools {
+	pools := make(nodePools, len(addrs))
 	for i, a := range addrs {
-		insts[i] = redlock.Addr(a)
-	}
-	m, err := redlock.New(insts, redlock.WithNodeTimeout(nodeTimeout), redlock.WithRetryCount(tries))
-	if err != nil {
-		tb.Fatalf("redlock.New: %v", err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := m.LoadScripts(ctx); err != nil {
-		tb.Fatalf("redlock LoadScripts: %v", err)
-	}
-	return &redlockClient{m: m}
-}
-
-func (c *redlockClient) lock(ctx context.Context, resource string) (held, error) {
-	l, err := c.m.Lock(ctx, resource, lockTTL)
-	if err != nil {
-		return nil, err
-	}
-	return (*redlockHeld)(l), nil
-}
-
-func (c *redlockClient) close() { _ = c.m.Close() }
-
-func (h *redlockHeld) unlock(ctx context.Context) error { return (*redlock.Lock)(h).Unlock(ctx) }
-
-// redsyncClient is go-redsync/redsync v4 with its redigo driver; a Mutex
-// per lock, as redsync is used.
-type redsyncClient struct {
-	rs    *redsync.Redsync
-	opts  []redsync.Option
-	pools []*redis.Pool
-}
-
-// redsyncHeld is a *redsync.Mutex with the held method.
-type redsyncHeld redsync.Mutex
-
-// errNotReleased is redsync's Unlock reporting false without an error.
-var errNotReleased = errors.New("redsync: unlock: not released on a quorum")
-
-func openRedsync(_ testing.TB, tries int, extra ...redsync.Option) client {
-	c := &redsyncClient{opts: append([]redsync.Option{redsync.WithExpiry(lockTTL), redsync.WithTries(tries)}, extra...)}
-	pools := make([]redsyncredis.Pool, len(addrs))
-	for i, a := range addrs {
-		p := &redis.Pool{
+		pools[i] = &redis.Pool{
 			MaxIdle:     poolSize,
 			MaxActive:   poolSize,
 			Wait:        true,
@@ -131,10 +112,109 @@ func openRedsync(_ testing.TB, tries int, extra ...redsync.Option) client {
 					redis.DialWriteTimeout(nodeTimeout))
 			},
 		}
-		c.pools = append(c.pools, p)
-		pools[i] = redsyncredigo.NewPool(p)
 	}
-	c.rs = redsync.New(pools...)
+	return pools
+}
+
+// instances returns a redlock.Pool instance per pool.
+func (ps nodePools) instances() []redlock.Instance {
+	insts := make([]redlock.Instance, len(ps))
+	for i, p := range ps {
+		insts[i] = redlock.Pool(p)
+	}
+	return insts
+}
+
+func (ps nodePools) close() {
+	for _, p := range ps {
+		_ = p.Close()
+	}
+}
+
+// addrInstances returns a redlock.Addr instance per node.
+func addrInstances() []redlock.Instance {
+	insts := make([]redlock.Instance, len(addrs))
+	for i, a := range addrs {
+		insts[i] = redlock.Addr(a)
+	}
+	return insts
+}
+
+// redlockClient is ours: one Manager over the given instances.
+type redlockClient struct {
+	m      *redlock.Manager
+	fenced bool // opened WithFencing: every Lock must carry a token
+}
+
+// redlockHeld is a *redlock.Lock with the held method; the conversion from
+// *redlock.Lock allocates nothing.
+type redlockHeld redlock.Lock
+
+// errNoFence is a Lock of a fenced Manager without a fencing token.
+var errNoFence = errors.New("redlock: fenced Manager returned a lock with Fence() == 0")
+
+// openRedlock opens a Manager over insts with the shared settings, and
+// WithFencing when fenced, and preloads the scripts.
+func openRedlock(tb testing.TB, insts []redlock.Instance, tries int, fenced bool) client {
+	opts := []redlock.Option{redlock.WithNodeTimeout(nodeTimeout), redlock.WithRetryCount(tries)}
+	if fenced {
+		opts = append(opts, redlock.WithFencing())
+	}
+	return openManager(tb, insts, fenced, opts...)
+}
+
+// openManager opens a Manager over insts with opts and preloads the
+// scripts; fenced says whether opts include WithFencing.
+func openManager(tb testing.TB, insts []redlock.Instance, fenced bool, opts ...redlock.Option) *redlockClient {
+	m, err := redlock.New(insts, opts...)
+	if err != nil {
+		tb.Fatalf("redlock.New: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := m.LoadScripts(ctx); err != nil {
+		_ = m.Close()
+		tb.Fatalf("redlock LoadScripts: %v", err)
+	}
+	return &redlockClient{m: m, fenced: fenced}
+}
+
+func (c *redlockClient) lock(ctx context.Context, resource string) (held, error) {
+	l, err := c.m.Lock(ctx, resource, lockTTL)
+	if err != nil {
+		return nil, err
+	}
+	if c.fenced && l.Fence() <= 0 {
+		_ = l.Unlock(ctx)
+		return nil, errNoFence
+	}
+	return (*redlockHeld)(l), nil
+}
+
+func (c *redlockClient) close() { _ = c.m.Close() }
+
+func (h *redlockHeld) unlock(ctx context.Context) error { return (*redlock.Lock)(h).Unlock(ctx) }
+
+// redsyncClient is go-redsync/redsync v4 with its redigo driver over the
+// benchmark's nodePools; a Mutex per lock, as redsync is used.
+type redsyncClient struct {
+	rs   *redsync.Redsync
+	opts []redsync.Option
+}
+
+// redsyncHeld is a *redsync.Mutex with the held method.
+type redsyncHeld redsync.Mutex
+
+// errNotReleased is redsync's Unlock reporting false without an error.
+var errNotReleased = errors.New("redsync: unlock: not released on a quorum")
+
+func openRedsync(pools nodePools, tries int, extra ...redsync.Option) client {
+	c := &redsyncClient{opts: append([]redsync.Option{redsync.WithExpiry(lockTTL), redsync.WithTries(tries)}, extra...)}
+	rp := make([]redsyncredis.Pool, len(pools))
+	for i, p := range pools {
+		rp[i] = redsyncredigo.NewPool(p)
+	}
+	c.rs = redsync.New(rp...)
 	return c
 }
 
@@ -146,11 +226,8 @@ func (c *redsyncClient) lock(ctx context.Context, resource string) (held, error)
 	return (*redsyncHeld)(m), nil
 }
 
-func (c *redsyncClient) close() {
-	for _, p := range c.pools {
-		_ = p.Close()
-	}
-}
+// close has nothing to close: the pools are the benchmark's.
+func (c *redsyncClient) close() {}
 
 func (h *redsyncHeld) unlock(ctx context.Context) error {
 	ok, err := (*redsync.Mutex)(h).UnlockContext(ctx)
@@ -180,6 +257,7 @@ func resourceNames(scenario string, n int) []string {
 type cycleResult struct {
 	elapsed  time.Duration
 	lat      []time.Duration // per cycle, in resource order; failed cycles included
+	lockLat  []time.Duration // the Lock call of each cycle, likewise
 	fails    int64           // cycles whose Lock or Unlock failed
 	firstErr error
 }
@@ -188,7 +266,7 @@ type cycleResult struct {
 // calling goroutine when workers is 1), and times each. It resets the
 // benchmark timer at the start and stops it at the end.
 func runCycles(b *testing.B, c client, workers int, names []string) cycleResult {
-	r := cycleResult{lat: make([]time.Duration, len(names))}
+	r := cycleResult{lat: make([]time.Duration, len(names)), lockLat: make([]time.Duration, len(names))}
 	var (
 		next    atomic.Int64
 		fails   atomic.Int64
@@ -203,6 +281,7 @@ func runCycles(b *testing.B, c client, workers int, names []string) cycleResult 
 			}
 			t0 := time.Now()
 			h, err := c.lock(ctx, names[i])
+			r.lockLat[i] = time.Since(t0)
 			if err == nil {
 				err = h.unlock(ctx)
 			}

@@ -11,10 +11,25 @@ import (
 // (p1) and by 64 (p64). One op is one cycle. Failed cycles are logged and
 // counted in success-%.
 func BenchmarkCycle(b *testing.B) {
-	for _, lib := range contenders {
-		for _, par := range []int{1, 64} {
+	benchmarkCycles(b, contenders, []int{1, 64})
+}
+
+// BenchmarkFencedCycle is scenario e: the cycles of scenario a at p64 with
+// WithFencing(), every Lock carrying a fencing token (a cycle whose lock
+// has none counts as failed). The report divides its cycles/s by the
+// unfenced BenchmarkCycle of the same contender in the same run.
+func BenchmarkFencedCycle(b *testing.B) {
+	benchmarkCycles(b, fencedContenders, []int{64})
+}
+
+// benchmarkCycles runs scenario a's sub-benchmarks {lib}/p{par}.
+func benchmarkCycles(b *testing.B, libs []contender, pars []int) {
+	for _, lib := range libs {
+		for _, par := range pars {
 			b.Run(fmt.Sprintf("%s/p%d", lib.name, par), func(b *testing.B) {
-				c := lib.open(b, 1)
+				pools := newNodePools()
+				defer pools.close()
+				c := lib.open(b, pools, 1)
 				defer c.close()
 				warm(b, c, par)
 				names := resourceNames("cycle", b.N)
@@ -39,13 +54,16 @@ const pausedNode = nodeCount - 1
 // goroutines. Besides throughput and latency it reports the success rate,
 // the peak number of goroutines above the count before the run (the
 // workers included) and the peak number of established connections to the
-// paused node. redsync-failfast (WithFailFast(true), not redsync's default)
-// runs too, for information.
+// paused node, whoever opened them (redlock's own transport, the redigo
+// pools of redlock-pool and redsync). redsync-failfast
+// (WithFailFast(true), not redsync's default) runs too, for information.
 func BenchmarkPausedNode(b *testing.B) {
 	for _, lib := range append(contenders[:len(contenders):len(contenders)], redsyncFailFast) {
 		for _, par := range []int{1, 16} {
 			b.Run(fmt.Sprintf("%s/p%d", lib.name, par), func(b *testing.B) {
-				c := lib.open(b, 1)
+				pools := newNodePools()
+				defer pools.close()
+				c := lib.open(b, pools, 1)
 				defer c.close()
 				warm(b, c, par)
 				names := resourceNames("paused", b.N)

@@ -28,9 +28,13 @@ const (
 func BenchmarkHandoff(b *testing.B) {
 	for _, lib := range contenders {
 		b.Run(lib.name, func(b *testing.B) {
-			holder := lib.open(b, 1)
+			// Two independent clients, each on its own pools.
+			holderPools, waiterPools := newNodePools(), newNodePools()
+			defer holderPools.close()
+			defer waiterPools.close()
+			holder := lib.open(b, holderPools, 1)
 			defer holder.close()
-			waiter := lib.open(b, waiterTries)
+			waiter := lib.open(b, waiterPools, waiterTries)
 			defer waiter.close()
 			warm(b, holder, 1)
 			warm(b, waiter, 1)

@@ -46,3 +46,16 @@ func TestConnCounterCountsClientSideOfEstablishedConnections(t *testing.T) {
 		t.Fatalf("after 3 dials: %d connections, %v; want 3", n, err)
 	}
 }
+
+func TestParseCommandCallsReadsCallsPerCommand(t *testing.T) {
+	info := "# Commandstats\r\n" +
+		"cmdstat_evalsha:calls=1200,usec=3400,usec_per_call=2.83,rejected_calls=0,failed_calls=0\r\n" +
+		"cmdstat_wait:calls=75,usec=90000,usec_per_call=1200.00,rejected_calls=0,failed_calls=0\r\n"
+	calls, err := parseCommandCalls(info)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if calls["evalsha"] != 1200 || calls["wait"] != 75 || len(calls) != 2 {
+		t.Errorf("calls = %v, want evalsha 1200, wait 75 and nothing else", calls)
+	}
+}

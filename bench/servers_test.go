@@ -93,9 +93,26 @@ func stopServers() {
 }
 
 // startServer starts one redis-server without persistence on a free
-// loopback port and waits until it answers PING. A port taken between
-// choosing and binding it is retried with another.
-func startServer(bin string) (*server, error) {
+// loopback port, with extra arguments, and waits until it answers PING.
+func startServer(bin string, extra ...string) (*server, error) {
+	return startProcess(bin, func(port int, dir string) ([]string, error) {
+		return append([]string{
+			"--port", strconv.Itoa(port),
+			"--bind", "127.0.0.1",
+			"--save", "",
+			"--appendonly", "no",
+			"--dir", dir,
+			"--logfile", filepath.Join(dir, "redis.log"),
+		}, extra...), nil
+	})
+}
+
+// startProcess starts bin (redis-server or redis-sentinel) in a new temp
+// dir with the arguments args returns for a free loopback port and that
+// dir, which must make it log to redis.log there, and waits until it
+// answers PING. A port taken between choosing and binding it is retried
+// with another.
+func startProcess(bin string, args func(port int, dir string) ([]string, error)) (*server, error) {
 	var lastErr error
 	for range 5 {
 		port, err := freePort()
@@ -106,19 +123,17 @@ func startServer(bin string) (*server, error) {
 		if err != nil {
 			return nil, err
 		}
+		argv, err := args(port, dir)
+		if err != nil {
+			os.RemoveAll(dir)
+			return nil, err
+		}
 		s := &server{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), port: port, dir: dir, exited: make(chan struct{})}
-		s.cmd = exec.Command(bin,
-			"--port", strconv.Itoa(port),
-			"--bind", "127.0.0.1",
-			"--save", "",
-			"--appendonly", "no",
-			"--dir", dir,
-			"--logfile", filepath.Join(dir, "redis.log"),
-		)
+		s.cmd = exec.Command(bin, argv...)
 		s.cmd.SysProcAttr = serverProcAttr()
 		if err := s.cmd.Start(); err != nil {
 			os.RemoveAll(dir)
-			return nil, fmt.Errorf("starting redis-server: %w", err)
+			return nil, fmt.Errorf("starting %s: %w", filepath.Base(bin), err)
 		}
 		go func() { _ = s.cmd.Wait(); close(s.exited) }()
 		if lastErr = s.waitReady(10 * time.Second); lastErr == nil {
@@ -145,7 +160,7 @@ func (s *server) waitReady(d time.Duration) error {
 	for {
 		select {
 		case <-s.exited:
-			return fmt.Errorf("redis-server on port %d exited at start:\n%s", s.port, s.logTail())
+			return fmt.Errorf("%s on port %d exited at start:\n%s", s.name(), s.port, s.logTail())
 		default:
 		}
 		c, err := redis.Dial("tcp", s.addr, redis.DialConnectTimeout(time.Second), redis.DialReadTimeout(time.Second))
@@ -157,11 +172,14 @@ func (s *server) waitReady(d time.Duration) error {
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("redis-server on port %d not ready after %v: %v\n%s", s.port, d, err, s.logTail())
+			return fmt.Errorf("%s on port %d not ready after %v: %v\n%s", s.name(), s.port, d, err, s.logTail())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// name is the server's program name, for messages.
+func (s *server) name() string { return filepath.Base(s.cmd.Path) }
 
 func (s *server) logTail() string {
 	b, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))

@@ -9,9 +9,19 @@
 //	-- ARGV[1] name type: meaning      (type is string or int; numbered from 1)
 //	-- returns: what comes back        (one line per possible reply, at least one)
 //
-// A reply written as {a, b} makes the typed wrapper return []interface{};
-// any other reply makes it return int64. The header ends at the first line
-// that does not start with "--". A malformed header fails with file:line.
+// The header ends at the first line that does not start with "--". A
+// malformed header fails with file:line.
+//
+// Per script, gen emits the source, its SHA1 and a luaScript value, plus
+// two functions that are the only code laying out or reading the script's
+// EVALSHA traffic:
+//
+//	func NAMEArgs(<one string per KEYS line, or keys []string>, <ARGV as string or int64>) []interface{}
+//	func NAMEReply(reply interface{}, err error) ([]interface{}, error) // replies written {a, b}
+//	func NAMEReply(reply interface{}, err error) (int64, error)         // any other reply
+//
+// Every array reply of a script must have the same number of elements; the
+// decoder accepts exactly that many.
 //
 // The output is deterministic: scripts are sorted by name, nothing depends on
 // time or on absolute paths, and the file is formatted with go/format.
@@ -84,6 +94,7 @@ type script struct {
 	Args     []param
 	Returns  []string
 	Array    bool // replies are {..} arrays
+	Arity    int  // elements of every array reply; 0 for integer replies
 }
 
 // generate reads root/lua/*.lua and returns the formatted Go file.
@@ -124,11 +135,16 @@ var (
 	keysRe    = regexp.MustCompile(`^-- KEYS\[(\d+|1\.\.n)\] ([a-z][a-z0-9_]*): (\S.*)$`)
 	argvRe    = regexp.MustCompile(`^-- ARGV\[(\d+)\] ([a-z][a-z0-9_]*) (string|int): (\S.*)$`)
 	returnsRe = regexp.MustCompile(`^-- returns: (\S.*)$`)
-	goKeyword = map[string]bool{"break": true, "case": true, "chan": true, "const": true, "continue": true,
+	// reserved holds the Go keywords and the builtins the generated
+	// functions call (ctx and c stay reserved for callers).
+	reserved = map[string]bool{"break": true, "case": true, "chan": true, "const": true, "continue": true,
 		"default": true, "defer": true, "else": true, "fallthrough": true, "for": true, "func": true,
 		"go": true, "goto": true, "if": true, "import": true, "interface": true, "map": true,
 		"package": true, "range": true, "return": true, "select": true, "struct": true, "switch": true,
-		"type": true, "var": true, "ctx": true, "c": true}
+		"type": true, "var": true, "ctx": true, "c": true, "append": true, "len": true, "make": true}
+	// variadicLocals are the local variables of a KEYS[1..n] script's
+	// builder; a builder for fixed keys has none.
+	variadicLocals = map[string]bool{"args": true, "k": true}
 )
 
 // parse checks the header of one script and returns its description.
@@ -161,7 +177,21 @@ func parse(file string, src []byte) (script, error) {
 		return fail(1, "header names %q but the file is %s.lua", m[1], s.Name)
 	}
 	s.Summary = m[2]
-	seen := map[string]int{}
+	seen := map[string]int{} // Go parameter name -> header line
+	firstReply := 0          // header line of the first returns line
+	// badName says what is wrong with a parameter name once it is in Go:
+	// it clashes with an earlier one, a reserved name, a local of the
+	// builder or the script's luaScript variable. It returns "" when good.
+	badName := func(name string) string {
+		goName := camel(name)
+		if prev, dup := seen[goName]; dup {
+			return fmt.Sprintf("parameter name %q is already used on line %d", name, prev)
+		}
+		if reserved[goName] || (s.Variadic && variadicLocals[goName]) || goName == camel(s.Name)+"Script" {
+			return fmt.Sprintf("parameter name %q is reserved in the generated Go code", name)
+		}
+		return ""
+	}
 	for i, line := range header[1:] {
 		ln := i + 2
 		switch {
@@ -181,10 +211,10 @@ func parse(file string, src []byte) (script, error) {
 			} else if m[1] != strconv.Itoa(len(s.Keys)+1) {
 				return fail(ln, "want KEYS[%d], got KEYS[%s]", len(s.Keys)+1, m[1])
 			}
-			if prev, dup := seen[m[2]]; dup || goKeyword[m[2]] {
-				return fail(ln, "parameter name %q is reserved or already used on line %d", m[2], prev)
+			if msg := badName(m[2]); msg != "" {
+				return fail(ln, "%s", msg)
 			}
-			seen[m[2]] = ln
+			seen[camel(m[2])] = ln
 			s.Keys = append(s.Keys, param{Index: m[1], Name: m[2], Doc: m[3]})
 		case strings.HasPrefix(line, "-- ARGV["):
 			m := argvRe.FindStringSubmatch(line)
@@ -197,10 +227,10 @@ func parse(file string, src []byte) (script, error) {
 			if m[1] != strconv.Itoa(len(s.Args)+1) {
 				return fail(ln, "want ARGV[%d], got ARGV[%s]", len(s.Args)+1, m[1])
 			}
-			if prev, dup := seen[m[2]]; dup || goKeyword[m[2]] {
-				return fail(ln, "parameter name %q is reserved or already used on line %d", m[2], prev)
+			if msg := badName(m[2]); msg != "" {
+				return fail(ln, "%s", msg)
 			}
-			seen[m[2]] = ln
+			seen[camel(m[2])] = ln
 			s.Args = append(s.Args, param{Index: m[1], Name: m[2], Type: m[3], Doc: m[4]})
 		case strings.HasPrefix(line, "-- returns"):
 			m := returnsRe.FindStringSubmatch(line)
@@ -210,6 +240,19 @@ func parse(file string, src []byte) (script, error) {
 			array := strings.HasPrefix(m[1], "{")
 			if len(s.Returns) > 0 && array != s.Array {
 				return fail(ln, "replies mix arrays {..} and integers")
+			}
+			if array {
+				arity, err := arrayArity(m[1])
+				if err != nil {
+					return fail(ln, "%v in %q", err, m[1])
+				}
+				if len(s.Returns) > 0 && arity != s.Arity {
+					return fail(ln, "reply has %d elements but the reply on line %d has %d; every array reply must have the same number", arity, firstReply, s.Arity)
+				}
+				s.Arity = arity
+			}
+			if len(s.Returns) == 0 {
+				firstReply = ln
 			}
 			s.Array = array
 			s.Returns = append(s.Returns, m[1])
@@ -226,6 +269,24 @@ func parse(file string, src []byte) (script, error) {
 	return s, nil
 }
 
+// arrayArity counts the elements of a reply written "{a, b} doc".
+func arrayArity(reply string) (int, error) {
+	end := strings.Index(reply, "}")
+	if end < 0 {
+		return 0, fmt.Errorf("unclosed {")
+	}
+	if strings.Contains(reply[1:end], "{") {
+		return 0, fmt.Errorf("nested array")
+	}
+	elems := strings.Split(reply[1:end], ",")
+	for _, e := range elems {
+		if strings.TrimSpace(e) == "" {
+			return 0, fmt.Errorf("empty array element")
+		}
+	}
+	return len(elems), nil
+}
+
 var fileTemplate = template.Must(template.New("file").Funcs(template.FuncMap{
 	"lit":    literal,
 	"export": func(s string) string { return strings.ToUpper(s[:1]) + s[1:] },
@@ -238,33 +299,91 @@ var fileTemplate = template.Must(template.New("file").Funcs(template.FuncMap{
 package redlock
 
 import (
-	"context"
+	"fmt"
 
 	"github.com/gomodule/redigo/redis"
 )
-{{range .}}
-// {{camel .Name}}Source is {{.File}}, byte for byte.
-const {{camel .Name}}Source = {{lit .Source}}
+{{range .}}{{$name := camel .Name}}
+// {{$name}}Source is {{.File}}, byte for byte.
+const {{$name}}Source = {{lit .Source}}
 
-// {{camel .Name}}SHA1 is the SHA1 digest of {{camel .Name}}Source, as EVALSHA wants it.
-const {{camel .Name}}SHA1 = "{{.SHA1}}"
+// {{$name}}SHA1 is the SHA1 digest of {{$name}}Source, as EVALSHA wants it.
+const {{$name}}SHA1 = "{{.SHA1}}"
 
-// {{camel .Name}}Script describes {{.File}}.
-var {{camel .Name}}Script = luaScript{name: "{{.Name}}", source: {{camel .Name}}Source, sha1: {{camel .Name}}SHA1, sha1Arg: {{camel .Name}}SHA1, keyCount: {{if .Variadic}}-1{{else}}{{len .Keys}}{{end}}}
+// {{$name}}Script describes {{.File}}.
+var {{$name}}Script = luaScript{name: "{{.Name}}", source: {{$name}}Source, sha1: {{$name}}SHA1, sha1Arg: {{$name}}SHA1, keyCount: {{if .Variadic}}-1{{else}}{{len .Keys}}{{end}}}
 
-// eval{{export (camel .Name)}} runs {{.File}} with EVALSHA (EVAL after NOSCRIPT): {{.Summary}}
+// {{$name}}Args returns EVALSHA's arguments for {{.File}}: {{.Summary}}
+// They are the digest, the key count, then in this order:
 {{- range .Keys}}
 //   - KEYS[{{.Index}}] {{.Name}}: {{.Doc}}
 {{- end}}
 {{- range .Args}}
 //   - ARGV[{{.Index}}] {{.Name}}: {{.Doc}}
 {{- end}}
-{{- range .Returns}}
-//   - returns {{.}}
+{{- if .Variadic}}
+//
+// The caller checks that {{camel (index .Keys 0).Name}} is not empty.
 {{- end}}
-func eval{{export (camel .Name)}}(ctx context.Context, c redis.Conn{{if .Variadic}}, {{camel (index .Keys 0).Name}} []string{{else}}{{range .Keys}}, {{camel .Name}} string{{end}}{{end}}{{range .Args}}, {{camel .Name}} {{gotype .Type}}{{end}}) ({{if .Array}}[]interface{}{{else}}int64{{end}}, error) {
-	return redis.{{if .Array}}Values{{else}}Int64{{end}}(evalScript(ctx, c, &{{camel .Name}}Script, {{if .Variadic}}{{camel (index .Keys 0).Name}}{{else}}[]string{ {{- range $i, $k := .Keys}}{{if $i}}, {{end}}{{camel $k.Name}}{{end -}} }{{end}}{{range .Args}}, {{camel .Name}}{{end}}))
+{{- if .Variadic}}{{$keys := camel (index .Keys 0).Name}}
+func {{$name}}Args({{$keys}} []string{{range .Args}}, {{camel .Name}} {{gotype .Type}}{{end}}) []interface{} {
+	args := make([]interface{}, 0, 2+len({{$keys}})+{{len .Args}})
+	args = append(args, {{$name}}Script.sha1Arg, len({{$keys}}))
+	for _, k := range {{$keys}} {
+		args = append(args, k)
+	}
+	{{- if .Args}}
+	return append(args{{range .Args}}, {{camel .Name}}{{end}})
+	{{- else}}
+	return args
+	{{- end}}
 }
+{{- else}}
+func {{$name}}Args({{range $i, $k := .Keys}}{{if $i}}, {{end}}{{camel $k.Name}} string{{end}}{{range .Args}}, {{camel .Name}} {{gotype .Type}}{{end}}) []interface{} {
+	return []interface{}{ {{- $name}}Script.sha1Arg, {{len .Keys}}{{range .Keys}}, {{camel .Name}}{{end}}{{range .Args}}, {{camel .Name}}{{end -}} }
+}
+{{- end}}
+
+// {{$name}}Reply decodes a reply of {{.File}}{{if .Array}}, an array of {{.Arity}} elements{{else}}, an integer{{end}}:
+{{- range .Returns}}
+//   - {{.}}
+{{- end}}
+//
+// A non-nil err (a transport error, or an error reply such as NOSCRIPT) is
+// returned as it is, and so is a redis.Error given as reply; any other reply
+// that is not {{if .Array}}an array of {{.Arity}} elements{{else}}an integer{{end}} is an error.
+{{- if .Array}}
+func {{$name}}Reply(reply interface{}, err error) ([]interface{}, error) {
+	if err != nil {
+		return nil, err
+	}
+	switch reply := reply.(type) {
+	case []interface{}:
+		if len(reply) != {{.Arity}} {
+			return nil, fmt.Errorf("redlock: {{.Name}}: unexpected reply of %d elements", len(reply))
+		}
+		return reply, nil
+	case redis.Error:
+		return nil, reply
+	default:
+		return nil, fmt.Errorf("redlock: {{.Name}}: unexpected reply type %T", reply)
+	}
+}
+{{- else}}
+func {{$name}}Reply(reply interface{}, err error) (int64, error) {
+	if err != nil {
+		return 0, err
+	}
+	if e, ok := reply.(redis.Error); ok {
+		return 0, e
+	}
+	n, err := redis.Int64(reply, nil)
+	if err != nil {
+		return 0, fmt.Errorf("redlock: {{.Name}}: unexpected reply: %w", err)
+	}
+	return n, nil
+}
+{{- end}}
 {{end}}
 // scriptRegistry lists every script in lua/, sorted by name; see Scripts.
 var scriptRegistry = []Script{

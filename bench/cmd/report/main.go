@@ -1,8 +1,10 @@
 // Command report reads the output of the bench module's benchmarks (go test
-// -bench, any -count) and prints a markdown table of the medians: redlock
-// and redsync side by side per scenario, their ratio, and the issue's
-// targets. With -out it also writes the page docs/benchmarks.md: the
-// table, the machine, the command and the raw output.
+// -bench, any -count) and prints markdown tables of the medians: redlock on
+// redlock.Addr nodes, redlock on redlock.Pool over the redigo pools redsync
+// gets, and redsync side by side per scenario, with the ratios, the fenced
+// to unfenced ratio, the Sentinel scenario and the issue's targets. With
+// -out it also writes the page docs/benchmarks.md: the tables, the machine,
+// the command and the raw output.
 //
 //	go run ./cmd/report -in bench.out -out ../docs/benchmarks.md -cmd 'make bench'
 //
@@ -136,8 +138,8 @@ func (r *results) median(bench, unit string) (float64, bool) {
 }
 
 // value is what the table shows for one benchmark's metric over its runs:
-// the worst run for success-% (lowest) and the peak-* counts (highest), the
-// median for the rest.
+// the worst run for success-% (lowest) and the peak-* and max-* values
+// (highest), the median for the rest.
 func (r *results) value(bench, unit string) (float64, bool) {
 	v := r.bench[bench][unit]
 	switch {
@@ -145,7 +147,7 @@ func (r *results) value(bench, unit string) (float64, bool) {
 		return 0, false
 	case unit == "success-%":
 		return slices.Min(v), true
-	case strings.HasPrefix(unit, "peak-"):
+	case strings.HasPrefix(unit, "peak-"), strings.HasPrefix(unit, "max-"):
 		return slices.Max(v), true
 	}
 	return r.median(bench, unit)
@@ -174,92 +176,147 @@ func (r *results) status() error {
 	return nil
 }
 
-// A target is one of the issue's Done-when conditions on a row.
+// A target is one of the issue's Done-when conditions on a row: met
+// compares ours with the row's base (redsync; acks 0 in the Sentinel
+// table; the bound the benchmark reported), which it needs only when
+// needsBase.
 type target struct {
-	text string
-	met  func(ours, redsync float64) bool
+	text      string
+	needsBase bool
+	met       func(ours, base float64) bool
 }
 
-func ratioAtLeast(x float64) *target {
-	return &target{fmt.Sprintf("≥ %.1fx redsync", x), func(o, s float64) bool { return s > 0 && o/s >= x }}
+func ratioAtLeast(x float64, base string) *target {
+	return &target{fmt.Sprintf("≥ %.1fx %s", x, base), true, func(o, b float64) bool { return b > 0 && o/b >= x }}
 }
 
-func ratioAtMost(x float64) *target {
-	return &target{fmt.Sprintf("≤ %.2fx redsync", x), func(o, s float64) bool { return s > 0 && o/s <= x }}
+func ratioAtMost(x float64, base string) *target {
+	return &target{fmt.Sprintf("≤ %.2fx %s", x, base), true, func(o, b float64) bool { return b > 0 && o/b <= x }}
 }
 
-func oursAtMost(x float64, unit string) *target {
-	return &target{fmt.Sprintf("≤ %g %s", x, unit), func(o, _ float64) bool { return o <= x }}
+// atMost is ours ≤ x; text says it with its unit.
+func atMost(x float64, text string) *target {
+	return &target{text, false, func(o, _ float64) bool { return o <= x }}
 }
 
-func oursAtLeast(x float64, unit string) *target {
-	return &target{fmt.Sprintf("≥ %g%s", x, unit), func(o, _ float64) bool { return o >= x }}
+func atLeast(x float64, text string) *target {
+	return &target{text, false, func(o, _ float64) bool { return o >= x }}
 }
 
-// row is one line of the table: a metric of one benchmark for both
-// libraries. bench has a %s for the library's name.
+// row is one line of the main table: a metric of one benchmark for every
+// library. bench has a %s for the library's name.
 type row struct {
 	scenario, metric string
 	bench, unit      string
 	target           *target
 }
 
+// The targets of the main table.
+var (
+	hundred     = atLeast(100, "≥ 100%")
+	allocsShare = ratioAtMost(0.30, "redsync")
+	pausedConns = atMost(2, "≤ 2")
+)
+
 var rows = []row{
-	{"a. cycle, p=1", "cycles/s", "BenchmarkCycle/%s/p1", "cycles/s", ratioAtLeast(1.2)},
+	{"a. cycle, p=1", "cycles/s", "BenchmarkCycle/%s/p1", "cycles/s", ratioAtLeast(1.5, "redsync")},
 	{"a. cycle, p=1", "p50 ms", "BenchmarkCycle/%s/p1", "p50-ms", nil},
 	{"a. cycle, p=1", "p99 ms", "BenchmarkCycle/%s/p1", "p99-ms", nil},
-	{"a. cycle, p=1", "success %", "BenchmarkCycle/%s/p1", "success-%", oursAtLeast(100, "%")},
-	{"a. cycle, p=1", "allocs/op", "BenchmarkCycle/%s/p1", "allocs/op", ratioAtMost(0.33)},
+	{"a. cycle, p=1", "success %", "BenchmarkCycle/%s/p1", "success-%", hundred},
+	{"a. cycle, p=1", "allocs/op", "BenchmarkCycle/%s/p1", "allocs/op", allocsShare},
 	{"a. cycle, p=1", "B/op", "BenchmarkCycle/%s/p1", "B/op", nil},
-	{"a. cycle, p=64", "cycles/s", "BenchmarkCycle/%s/p64", "cycles/s", ratioAtLeast(3.0)},
+	{"a. cycle, p=64", "cycles/s", "BenchmarkCycle/%s/p64", "cycles/s", ratioAtLeast(4.0, "redsync")},
 	{"a. cycle, p=64", "p50 ms", "BenchmarkCycle/%s/p64", "p50-ms", nil},
 	{"a. cycle, p=64", "p99 ms", "BenchmarkCycle/%s/p64", "p99-ms", nil},
-	{"a. cycle, p=64", "success %", "BenchmarkCycle/%s/p64", "success-%", oursAtLeast(100, "%")},
-	{"a. cycle, p=64", "allocs/op", "BenchmarkCycle/%s/p64", "allocs/op", ratioAtMost(0.33)},
+	{"a. cycle, p=64", "success %", "BenchmarkCycle/%s/p64", "success-%", hundred},
+	{"a. cycle, p=64", "allocs/op", "BenchmarkCycle/%s/p64", "allocs/op", allocsShare},
 	{"a. cycle, p=64", "B/op", "BenchmarkCycle/%s/p64", "B/op", nil},
 	{"b. 1 of 5 paused, p=1", "cycles/s", "BenchmarkPausedNode/%s/p1", "cycles/s", nil},
-	{"b. 1 of 5 paused, p=1", "p99 ms", "BenchmarkPausedNode/%s/p1", "p99-ms", oursAtMost(10, "ms")},
-	{"b. 1 of 5 paused, p=1", "success %", "BenchmarkPausedNode/%s/p1", "success-%", oursAtLeast(100, "%")},
-	{"b. 1 of 5 paused, p=1", "peak goroutines", "BenchmarkPausedNode/%s/p1", "peak-goroutines", nil},
-	{"b. 1 of 5 paused, p=1", "peak conns to paused", "BenchmarkPausedNode/%s/p1", "peak-conns", nil},
+	{"b. 1 of 5 paused, p=1", "p99 ms", "BenchmarkPausedNode/%s/p1", "p99-ms", nil},
+	{"b. 1 of 5 paused, p=1", "success %", "BenchmarkPausedNode/%s/p1", "success-%", hundred},
+	// The one worker of p=1 is the benchmark's own goroutine, counted in
+	// the base.
+	{"b. 1 of 5 paused, p=1", "peak goroutines", "BenchmarkPausedNode/%s/p1", "peak-goroutines", atMost(0, "≤ 0 (no growth)")},
+	{"b. 1 of 5 paused, p=1", "peak conns to paused", "BenchmarkPausedNode/%s/p1", "peak-conns", pausedConns},
 	{"b. 1 of 5 paused, p=16", "cycles/s", "BenchmarkPausedNode/%s/p16", "cycles/s", nil},
-	{"b. 1 of 5 paused, p=16", "p99 ms", "BenchmarkPausedNode/%s/p16", "p99-ms", oursAtMost(10, "ms")},
-	{"b. 1 of 5 paused, p=16", "success %", "BenchmarkPausedNode/%s/p16", "success-%", oursAtLeast(100, "%")},
-	{"b. 1 of 5 paused, p=16", "peak goroutines", "BenchmarkPausedNode/%s/p16", "peak-goroutines", nil},
-	{"b. 1 of 5 paused, p=16", "peak conns to paused", "BenchmarkPausedNode/%s/p16", "peak-conns", nil},
-	{"c. handoff", "p50 ms", "BenchmarkHandoff/%s", "p50-ms", oursAtMost(2, "ms")},
-	{"c. handoff", "p99 ms", "BenchmarkHandoff/%s", "p99-ms", oursAtMost(10, "ms")},
+	{"b. 1 of 5 paused, p=16", "p99 ms", "BenchmarkPausedNode/%s/p16", "p99-ms", atMost(5, "≤ 5 ms")},
+	{"b. 1 of 5 paused, p=16", "success %", "BenchmarkPausedNode/%s/p16", "success-%", hundred},
+	{"b. 1 of 5 paused, p=16", "peak goroutines", "BenchmarkPausedNode/%s/p16", "peak-goroutines", atMost(16, "≤ 16 (the workers)")},
+	{"b. 1 of 5 paused, p=16", "peak conns to paused", "BenchmarkPausedNode/%s/p16", "peak-conns", pausedConns},
+	{"c. handoff", "p50 ms", "BenchmarkHandoff/%s", "p50-ms", atMost(1, "≤ 1 ms")},
+	{"c. handoff", "p99 ms", "BenchmarkHandoff/%s", "p99-ms", atMost(5, "≤ 5 ms")},
+}
+
+// fencedRows are scenario e's rows (redlock only), after the ceiling's;
+// the fenced/unfenced ratio follows the first.
+var fencedRows = []row{
+	{"e. fenced cycle, p=64", "cycles/s", "BenchmarkFencedCycle/%s/p64", "cycles/s", nil},
+	{"e. fenced cycle, p=64", "p50 ms", "BenchmarkFencedCycle/%s/p64", "p50-ms", nil},
+	{"e. fenced cycle, p=64", "p99 ms", "BenchmarkFencedCycle/%s/p64", "p99-ms", nil},
+	{"e. fenced cycle, p=64", "success %", "BenchmarkFencedCycle/%s/p64", "success-%", hundred},
+	{"e. fenced cycle, p=64", "allocs/op", "BenchmarkFencedCycle/%s/p64", "allocs/op", nil},
+	{"e. fenced cycle, p=64", "B/op", "BenchmarkFencedCycle/%s/p64", "B/op", nil},
 }
 
 const (
-	ours    = "redlock"
 	theirs  = "redsync"
 	ceiling = "BenchmarkCeiling"
 	// ceilingShare is the issue's target for ours p=64 / R.
-	ceilingShare = 0.5
+	ceilingShare = 0.6
+	// fencedShare is the issue's target for fenced / unfenced p=64
+	// cycles/s.
+	fencedShare = 0.6
 )
 
-// table renders the markdown table.
+// ours are our contenders, in the table's column order.
+var ours = []struct{ name, column string }{
+	{"redlock-addr", "Addr"},
+	{"redlock-pool", "Pool"},
+}
+
+// table renders the markdown tables.
 func (r *results) table() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "| scenario | metric | redlock (ours) | redsync | ours/redsync | target | met |\n")
-	fmt.Fprintf(&b, "|---|---|---:|---:|---:|---|---|\n")
-	for _, rw := range rows {
-		o, okO := r.value(fmt.Sprintf(rw.bench, ours), rw.unit)
-		s, okS := r.value(fmt.Sprintf(rw.bench, theirs), rw.unit)
-		ratio, tgt, met := "", "", ""
-		if okO && okS && s != 0 {
-			ratio = formatRatio(o / s)
-		}
-		if rw.target != nil {
-			tgt = rw.target.text
-			met = yesNo(okO && (okS || !strings.Contains(tgt, "redsync")) && rw.target.met(o, s))
-		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n",
-			rw.scenario, rw.metric, format(o, okO, rw.unit), format(s, okS, rw.unit), ratio, tgt, met)
+	b.WriteString("| scenario | metric |")
+	for _, o := range ours {
+		fmt.Fprintf(&b, " redlock %s |", o.column)
 	}
+	b.WriteString(" redsync |")
+	for _, o := range ours {
+		fmt.Fprintf(&b, " %s/redsync |", o.column)
+	}
+	b.WriteString(" target |")
+	for _, o := range ours {
+		fmt.Fprintf(&b, " met: %s |", o.column)
+	}
+	b.WriteString("\n|---|---|" + strings.Repeat("---:|", 2*len(ours)+1) + "---|" + strings.Repeat("---|", len(ours)) + "\n")
+	// line writes one row: the cells of ours, redsync's, the ratios, the
+	// target and whether each of ours met it.
+	line := func(scenario, metric string, cells []string, theirsCell string, ratios []string, tgt string, met []string) {
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", scenario, metric,
+			strings.Join(cells, " | "), theirsCell, strings.Join(ratios, " | "), tgt, strings.Join(met, " | "))
+	}
+	emit := func(rw row) {
+		s, okS := r.value(fmt.Sprintf(rw.bench, theirs), rw.unit)
+		var cells, ratios, met []string
+		for _, lib := range ours {
+			o, okO := r.value(fmt.Sprintf(rw.bench, lib.name), rw.unit)
+			cells = append(cells, format(o, okO, rw.unit))
+			ratio := ""
+			if okO && okS && s != 0 {
+				ratio = formatRatio(o / s)
+			}
+			ratios = append(ratios, ratio)
+			met = append(met, metCell(rw.target, o, okO, s, okS))
+		}
+		line(rw.scenario, rw.metric, cells, format(s, okS, rw.unit), ratios, targetText(rw.target), met)
+	}
+	for _, rw := range rows {
+		emit(rw)
+	}
+	blank := make([]string, len(ours))
 	R, okR := r.median(ceiling, "pairs/s")
-	fmt.Fprintf(&b, "| d. ceiling | R: script pairs/s per node | %s | (same servers) | | | |\n", format(R, okR, "pairs/s"))
+	line("d. ceiling", "R: script pairs/s per node", append([]string{format(R, okR, "pairs/s")}, blank[1:]...), "(same servers)", blank, "", blank)
 	share := func(lib string) (float64, bool) {
 		c, ok := r.median(fmt.Sprintf("BenchmarkCycle/%s/p64", lib), "cycles/s")
 		if !ok || !okR || R <= 0 {
@@ -267,11 +324,38 @@ func (r *results) table() string {
 		}
 		return c / R, true
 	}
-	so, okSO := share(ours)
+	var cells, met []string
+	for _, lib := range ours {
+		sh, ok := share(lib.name)
+		cells = append(cells, percent(sh, ok))
+		met = append(met, yesNo(ok && sh >= ceilingShare))
+	}
 	ss, okSS := share(theirs)
-	fmt.Fprintf(&b, "| d. ceiling | p=64 cycles/s as %% of R | %s | %s | | ≥ %.0f%% of R | %s |\n",
-		percent(so, okSO), percent(ss, okSS), 100*ceilingShare, yesNo(okSO && so >= ceilingShare))
-	// Information: redsync with WithFailFast(true) when a node is paused.
+	line("d. ceiling", "p=64 cycles/s as % of R", cells, percent(ss, okSS), blank, fmt.Sprintf("≥ %.0f%% of R", 100*ceilingShare), met)
+	emit(fencedRows[0])
+	cells, met = nil, nil
+	for _, lib := range ours {
+		f, okF := r.median(fmt.Sprintf("BenchmarkFencedCycle/%s/p64", lib.name), "cycles/s")
+		u, okU := r.median(fmt.Sprintf("BenchmarkCycle/%s/p64", lib.name), "cycles/s")
+		ok := okF && okU && u > 0
+		cells = append(cells, ratioCell(f, u, ok))
+		met = append(met, yesNo(ok && f/u >= fencedShare))
+	}
+	line("e. fenced cycle, p=64", "fenced / unfenced cycles/s", cells, "(no fencing)", blank, fmt.Sprintf("≥ %.1fx unfenced", fencedShare), met)
+	for _, rw := range fencedRows[1:] {
+		emit(rw)
+	}
+	r.failFastTable(&b)
+	r.sentinelTable(&b)
+	fmt.Fprintf(&b, "\nMedians of %d runs per benchmark, except success %% (the worst run), the peak counts and max Lock ms (the highest run).\n"+
+		"Addr: `redlock.Addr` nodes; Pool: `redlock.Pool` over redigo pools built exactly as redsync's (a new set per run).\n"+
+		"x/redsync: higher is better for cycles/s, lower for ms, allocs and bytes.\n", r.runs())
+	return b.String()
+}
+
+// failFastTable writes, for information, redsync with WithFailFast(true)
+// when a node is paused.
+func (r *results) failFastTable(b *strings.Builder) {
 	var info strings.Builder
 	for _, p := range []string{"p1", "p16"} {
 		name := "BenchmarkPausedNode/redsync-failfast/" + p
@@ -291,9 +375,105 @@ func (r *results) table() string {
 		b.WriteString("|---|---:|---:|---:|---:|---:|\n")
 		b.WriteString(info.String())
 	}
-	fmt.Fprintf(&b, "\nMedians of %d runs per benchmark, except success %% (the worst run) and the peak counts (the highest run).\n"+
-		"ours/redsync: higher is better for cycles/s, lower for ms, allocs and bytes.\n", r.runs())
-	return b.String()
+}
+
+// sentinelRow is one line of the Sentinel table: a metric of
+// BenchmarkSentinel/{replica}/acks{0,1}. The target applies to acks 1;
+// its base is acks 0's value, or the benchmark's baseUnit metric of acks 1
+// when baseUnit is set.
+type sentinelRow struct {
+	replica, metric string
+	unit            string
+	target          *target
+	baseUnit        string
+}
+
+// waitsPerLock is the target for WAITs per Lock with the replica paused:
+// far below one per write (every Lock writes once).
+const waitsPerLock = 0.25
+
+var sentinelRows = []sentinelRow{
+	{"healthy", "cycles/s", "cycles/s", ratioAtLeast(0.5, "acks 0"), ""},
+	{"healthy", "p50 ms", "p50-ms", nil, ""},
+	{"healthy", "p99 ms", "p99-ms", nil, ""},
+	{"healthy", "Lock p99 ms", "lock-p99-ms", nil, ""},
+	{"healthy", "success %", "success-%", hundred, ""},
+	{"healthy", "WAIT calls", "wait-calls", nil, ""},
+	{"healthy", "EVALSHA calls", "evalsha-calls", nil, ""},
+	{"healthy", "WAIT / EVALSHA", "wait/evalsha", nil, ""},
+	{"healthy", "WAITs per Lock", "waits/lock", nil, ""},
+	{"paused", "cycles/s", "cycles/s", nil, ""},
+	{"paused", "Lock p99 ms", "lock-p99-ms", nil, ""},
+	{"paused", "Lock max ms", "max-lock-ms", &target{"≤ node timeout + ReplicaAckTimeout", true,
+		func(o, bound float64) bool { return bound > 0 && o <= bound }}, "bound-ms"},
+	{"paused", "success %", "success-%", nil, ""},
+	{"paused", "WAIT calls", "wait-calls", nil, ""},
+	{"paused", "EVALSHA calls", "evalsha-calls", nil, ""},
+	{"paused", "WAIT / EVALSHA", "wait/evalsha", nil, ""},
+	{"paused", "WAITs per Lock", "waits/lock", atMost(waitsPerLock, fmt.Sprintf("≤ %g (far below 1 per write)", waitsPerLock)), ""},
+}
+
+// sentinelTable writes scenario f's table when the output has it.
+func (r *results) sentinelTable(b *strings.Builder) {
+	bench := func(replica string, acks int) string {
+		if replica == "paused" {
+			replica = "replica-paused"
+		}
+		return fmt.Sprintf("BenchmarkSentinel/%s/acks%d", replica, acks)
+	}
+	if _, ok := r.bench[bench("healthy", 1)]; !ok {
+		if _, ok := r.bench[bench("paused", 1)]; !ok {
+			return
+		}
+	}
+	b.WriteString("\n**f. Sentinel**: one Sentinel group (master + 1 replica + 3 Sentinels) as the only node, 16 lockers, " +
+		"`redlock.Sentinel{MinReplicaAcks: 1}` (every acquire waits for the replica: WAIT) vs `MinReplicaAcks: 0`; " +
+		"WAIT and EVALSHA calls are the master's INFO commandstats over the measured loop. " +
+		"With the replica paused (SIGSTOP) no acquire can be acknowledged, so with acks 1 every Lock fails by design: it must fail in time.\n\n")
+	b.WriteString("| replica | metric | acks 0 | acks 1 | acks 1 / acks 0 | target (acks 1) | met |\n")
+	b.WriteString("|---|---|---:|---:|---:|---|---|\n")
+	for _, rw := range sentinelRows {
+		z, okZ := r.value(bench(rw.replica, 0), rw.unit)
+		o, okO := r.value(bench(rw.replica, 1), rw.unit)
+		ratio := ""
+		if okZ && okO && z != 0 {
+			ratio = formatRatio(o / z)
+		}
+		base, okB := z, okZ
+		tgt := targetText(rw.target)
+		if rw.baseUnit != "" {
+			base, okB = r.value(bench(rw.replica, 1), rw.baseUnit)
+			if okB {
+				tgt += " (" + format(base, true, rw.baseUnit) + " ms)"
+			}
+		}
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s | %s |\n", rw.replica, rw.metric,
+			format(z, okZ, rw.unit), format(o, okO, rw.unit), ratio, tgt, metCell(rw.target, o, okO, base, okB))
+	}
+}
+
+func targetText(t *target) string {
+	if t == nil {
+		return ""
+	}
+	return t.text
+}
+
+// metCell says whether ours (o) met t against base (b); empty without a
+// target.
+func metCell(t *target, o float64, okO bool, b float64, okB bool) string {
+	if t == nil {
+		return ""
+	}
+	return yesNo(okO && (okB || !t.needsBase) && t.met(o, b))
+}
+
+// ratioCell prints x/y as a ratio, n/a when !ok.
+func ratioCell(x, y float64, ok bool) string {
+	if !ok {
+		return "n/a"
+	}
+	return formatRatio(x / y)
 }
 
 // formatRatio prints a ratio with 2-3 significant digits.
@@ -338,6 +518,8 @@ func format(v float64, ok bool, unit string) string {
 		return strconv.FormatFloat(v, 'f', 2, 64)
 	case unit == "success-%":
 		return strconv.FormatFloat(v, 'f', 1, 64)
+	case unit == "wait/evalsha" || unit == "waits/lock":
+		return strconv.FormatFloat(v, 'f', 3, 64)
 	}
 	return thousands(int64(math.Round(v)))
 }

@@ -104,20 +104,22 @@ func orUnknown(s string) string {
 // the benchmarks in bench/.
 const method = `## What is measured
 
-Every scenario runs both libraries, one after the other, in ONE ` + "`go test`" + ` process
+Every scenario runs every contender, one after the other, in ONE ` + "`go test`" + ` process
 against the SAME five ` + "`redis-server`" + ` processes, which the bench module's TestMain
 starts on free 127.0.0.1 ports (` + "`--save \"\" --appendonly no`" + `, temp dirs, killed at the
-end). Both libraries get the same settings:
+end). The contenders are redlock on its own transport (Addr), redlock on caller-owned
+redigo pools (Pool) and redsync, with the same settings:
 
-| setting | redlock (ours) | redsync v4.18.1 (redigo driver) |
-|---|---|---|
-| nodes | 5 × ` + "`redlock.Addr`" + ` | 5 × ` + "`redigo.NewPool(&redis.Pool{...})`" + ` |
-| connections per node | the library's design: one auto-pipelined connection per node (plus one Pub/Sub connection per node while a Lock waits for a release) | ` + "`MaxIdle: 64, MaxActive: 64, Wait: true`" + ` |
-| per-node timeout | ` + "`WithNodeTimeout(500ms)`" + ` | redigo connect/read/write timeout 500ms |
-| TTL | 8s | ` + "`WithExpiry(8s)`" + ` (its default) |
-| attempts (a, b) | ` + "`WithRetryCount(1)`" + ` | ` + "`WithTries(1)`" + ` |
-| waiter (c) | ` + "`WithRetryCount(1<<20)`" + `, default delay (100–300ms) | ` + "`WithTries(1<<20)`" + `, default delay (50–250ms) |
-| scripts | ` + "`LoadScripts`" + ` first | loaded on first NOSCRIPT |
+| setting | redlock Addr | redlock Pool | redsync v4.18.1 (redigo driver) |
+|---|---|---|---|
+| nodes | 5 × ` + "`redlock.Addr`" + ` | 5 × ` + "`redlock.Pool(p)`" + ` | 5 × ` + "`redigo.NewPool(p)`" + ` |
+| connections per node | the library's design: one auto-pipelined connection per node (plus one Pub/Sub connection per node while a Lock waits for a release) | what the library borrows from ` + "`p`" + ` | what redsync borrows from ` + "`p`" + ` |
+| the pools ` + "`p`" + ` | — | ` + "`&redis.Pool{MaxIdle: 64, MaxActive: 64, Wait: true}`" + `, dial/read/write timeout 500ms: a new set per run, made and closed by the benchmark | the same |
+| per-node timeout | ` + "`WithNodeTimeout(500ms)`" + ` | ` + "`WithNodeTimeout(500ms)`" + ` | redigo connect/read/write timeout 500ms |
+| TTL | 8s | 8s | ` + "`WithExpiry(8s)`" + ` (its default) |
+| attempts (a, b, e, f) | ` + "`WithRetryCount(1)`" + ` | ` + "`WithRetryCount(1)`" + ` | ` + "`WithTries(1)`" + ` |
+| waiter (c) | ` + "`WithRetryCount(1<<20)`" + `, default delay (100–300ms) | the same | ` + "`WithTries(1<<20)`" + `, default delay (50–250ms) |
+| scripts | ` + "`LoadScripts`" + ` first | ` + "`LoadScripts`" + ` first | loaded on first NOSCRIPT |
 
 Each run warms the client up first (a few cycles at the run's parallelism), then
 times only the measured loop. Resource names are distinct and built before the
@@ -131,17 +133,19 @@ timer starts.
   kernel still accepts connections and buffers requests; nothing answers).
   success % counts cycles whose Lock and Unlock both succeeded; peak goroutines
   is the highest ` + "`runtime.NumGoroutine()`" + ` above the count before the loop (the
-  workers included), sampled every 2ms; peak conns is the highest number of
-  established TCP connections to the paused server's port, asked of the kernel
-  (sock_diag) every 10ms: the same count for both libraries, whether the paused
-  server accepted them or not. The loop's length comes from ` + "`-benchtime`" + ` (time,
-  not a fixed count), because every redsync cycle waits for the paused node: a
-  fixed 200 cycles at p=1 would take more than three minutes per run.
+  workers included; the one worker of p=1 is the benchmark's own goroutine, so
+  "no growth" is 0 there and 16 at p=16), sampled every 2ms; peak conns is the
+  highest number of established TCP connections to the paused server's port,
+  asked of the kernel (sock_diag) every 10ms: the same count for every contender
+  (redlock's transport and the redigo pools alike), whether the paused server
+  accepted them or not. The loop's length comes from ` + "`-benchtime`" + ` (time, not a
+  fixed count), because every redsync cycle waits for the paused node: a fixed
+  200 cycles at p=1 would take more than three minutes per run.
 - **c. handoff** (` + "`BenchmarkHandoff/{lib}`" + `): a holder client takes a resource; a waiter
-  client blocks in Lock on it; after 10–50ms (uniform) the holder unlocks. The
-  handoff latency is the time from the holder's Unlock returning to the
-  waiter's Lock returning. ns/op is the whole op (hold included); p50/p99 are the
-  handoff.
+  client (its own pools) blocks in Lock on it; after 10–50ms (uniform) the holder
+  unlocks. The handoff latency is the time from the holder's Unlock returning to
+  the waiter's Lock returning. ns/op is the whole op (hold included); p50/p99 are
+  the handoff.
 - **d. ceiling** (` + "`BenchmarkCeiling`" + `): redlock's own acquire and release scripts sent as
   raw EVALSHA (one key each) to all five servers at once over redigo pipelines
   (2 connections per node, 128 pairs = 256 commands per flush), no lock logic.
@@ -149,11 +153,26 @@ timer starts.
   pairs/s is R; no Redlock client on this machine can exceed R cycles/s. R runs
   first and moves with the machine's load like everything else, so read the
   share of R within one run.
+- **e. fenced cycle** (` + "`BenchmarkFencedCycle/{redlock-addr,redlock-pool}/p64`" + `): scenario a at
+  p=64 with ` + "`WithFencing()`" + ` (every Lock must carry a fencing token), compared with
+  the unfenced p=64 cycles of the same contender in the same run.
+- **f. Sentinel** (` + "`BenchmarkSentinel/{healthy,replica-paused}/{acks0,acks1}`" + `): processes
+  started for this scenario only, besides the five servers: a master, ONE replica
+  (` + "`--replicaof`" + `) and three ` + "`redis-sentinel`" + `s, all on 127.0.0.1, used as the only node
+  of a Manager (` + "`redlock.Sentinel`" + `, node timeout 500ms, one attempt) by 16 goroutines
+  running scenario a's cycles, with ` + "`MinReplicaAcks: 1, ReplicaAckTimeout: 100ms`" + ` side by
+  side with ` + "`MinReplicaAcks: 0`" + `. replica-paused stops the replica with SIGSTOP for the
+  whole measured loop: no acquire can then be acknowledged, so with acks 1 every
+  Lock fails, and must fail within node timeout + ReplicaAckTimeout (Lock max ms
+  is the slowest Lock of the worst run). WAIT and EVALSHA calls are the master's
+  ` + "`INFO commandstats`" + ` between a ` + "`CONFIG RESETSTAT`" + ` before the measured loop and the
+  Manager's Close after it; a cycle sends two scripts (acquire, release), so one
+  WAIT per write is 0.5 WAIT per EVALSHA and 1 WAIT per Lock.
 
 Profile ours, for example:
 
 ` + "```" + `
-cd bench && go test -run '^$' -bench 'Cycle/redlock/p64' -benchtime 5s -cpuprofile cpu.out
+cd bench && go test -run '^$' -bench 'Cycle/redlock-addr/p64' -benchtime 5s -cpuprofile cpu.out
 go tool pprof -top bench.test cpu.out
 ` + "```" + `
 `

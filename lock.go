@@ -1,0 +1,419 @@
+package redlock
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	mrand "math/rand/v2"
+	"sync"
+	"time"
+)
+
+// LockOption configures one Lock or LockMulti call.
+type LockOption func(*lockOptions)
+
+type lockOptions struct {
+	token string
+}
+
+// WithToken makes the lock use the given token instead of 128 random bits,
+// e.g. to take over a lock across a process restart. The token must be
+// unique to its holder: two holders with one token share the lock.
+//
+// Every attempt of a Lock call uses this one token, so before it retries,
+// Lock waits until the failed attempt has released the token on every node
+// (at most twice the node timeout, or until ctx is done). After a call
+// returns, its background work (a failed Lock's release, Unlock on slow
+// nodes) may still release the token for up to twice the node timeout:
+// taking the same token again sooner may lose the new lock on those nodes.
+func WithToken(token string) LockOption { return func(o *lockOptions) { o.token = token } }
+
+// applyLockOptions applies opts; without options nothing escapes to the
+// heap (the common Lock call allocates no lockOptions).
+func applyLockOptions(opts []LockOption) lockOptions {
+	if len(opts) == 0 {
+		return lockOptions{}
+	}
+	o := new(lockOptions)
+	for _, opt := range opts {
+		if opt != nil {
+			opt(o)
+		}
+	}
+	return *o
+}
+
+// Lock acquires resource for ttl (0: the default TTL) and returns the held
+// Lock. It makes up to the retry count of attempts, waiting a jittered retry
+// delay in between, and stops early when ctx is done. Every failed attempt
+// releases the token on all nodes.
+//
+// On failure the error matches ErrNotAcquired and is (or wraps) a
+// *QuorumError. It also matches ErrLocked when at least one node reported
+// another holder, ErrUnavailable when at least one node failed, had not
+// answered when ctx ended, or the quorum came too late — both when the last
+// attempt met both — and ctx.Err() when ctx ended. The QuorumError is the
+// last attempt's, or, when ctx cut that attempt short, the last one decided
+// before it. Invalid input (empty or oversized resource, ttl < 0, a ttl that
+// rounds to 0ms) matches ErrInvalidArgument. After Close: ErrClosed.
+func (m *Manager) Lock(ctx context.Context, resource string, ttl time.Duration, opts ...LockOption) (*Lock, error) {
+	return m.lock(ctx, []string{resource}, ttl, opts)
+}
+
+// LockMulti acquires several resources as one lock, all or nothing on each
+// node: a node votes yes only if it took every key. Errors as Lock.
+func (m *Manager) LockMulti(ctx context.Context, resources []string, ttl time.Duration, opts ...LockOption) (*Lock, error) {
+	return m.lock(ctx, append([]string(nil), resources...), ttl, opts)
+}
+
+// lock is Lock and LockMulti; keys is the caller's copy.
+func (m *Manager) lock(ctx context.Context, keys []string, ttl time.Duration, opts []LockOption) (*Lock, error) {
+	o := applyLockOptions(opts)
+	ttl, err := m.checkCall(keys, ttl)
+	if err == nil && m.cfg.fencing && len(keys) > 1 {
+		err = invalidf("WithFencing supports single-resource locks, got %d resources", len(keys))
+	}
+	custom := o.token != ""
+	if err == nil && !custom {
+		o.token, err = newToken()
+	}
+	if err == nil && len(o.token) > MaxResourceLen {
+		err = invalidf("token over %d bytes", MaxResourceLen)
+	}
+	if err != nil {
+		return nil, errors.Join(ErrNotAcquired, err)
+	}
+	if err := m.enter(); err != nil {
+		return nil, errors.Join(ErrNotAcquired, err)
+	}
+	defer m.wg.Done()
+	m.noteTTL(ttl)
+	var last *QuorumError
+	token := o.token
+	var w *waiter // set once the resource was found held by another
+	defer func() {
+		if w != nil {
+			w.done()
+		}
+	}()
+	for attempt := 1; ; attempt++ {
+		l, qe, cleanup := m.tryLock(ctx, keys, token, ttl)
+		if qe == nil {
+			return l, nil
+		}
+		if last == nil || !errors.Is(qe, errNoAnswerYet) {
+			// An attempt cut short by ctx says less than a decided one
+			// before it (contention, node errors): keep that one.
+			last = qe
+		}
+		if attempt >= m.cfg.retryCount || ctx.Err() != nil {
+			break
+		}
+		delay := m.retryDelay()
+		if w == nil && errors.Is(qe, ErrLocked) {
+			// Contention: listen for the holder's release, then retry at
+			// once, so that a release between the attempt and the
+			// subscription is not missed.
+			w = m.notify.wait(keys)
+			if !m.sleep(ctx, m.cfg.nodeTimeout, w.ready) {
+				break
+			}
+			delay = 0
+		}
+		var wake chan struct{}
+		if w != nil {
+			wake = w.wake
+		}
+		if delay > 0 && !m.sleep(ctx, delay, wake) {
+			break
+		}
+		// The failed attempt's release may still be on its way to slow
+		// nodes; it must never delete the next attempt's keys. A random
+		// token is fresh per attempt; a caller's token waits for the
+		// release to end.
+		if !custom {
+			if token, err = newToken(); err != nil {
+				last.extra = append(last.extra, err)
+				break
+			}
+		} else if cleanup.collect(ctx); cleanup.cut != nil {
+			break
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		last.extra = append(last.extra, err)
+	}
+	return nil, last
+}
+
+// checkCall validates resources and ttl and returns the effective ttl.
+func (m *Manager) checkCall(resources []string, ttl time.Duration) (time.Duration, error) {
+	if len(resources) == 0 {
+		return 0, invalidf("no resource")
+	}
+	var seen map[string]struct{} // only for several resources: a Lock allocates no map
+	for _, r := range resources {
+		if r == "" {
+			return 0, invalidf("empty resource name")
+		}
+		if len(r) > MaxResourceLen {
+			return 0, invalidf("resource name of %d bytes: the limit is %d", len(r), MaxResourceLen)
+		}
+		if len(resources) > 1 {
+			if seen == nil {
+				seen = make(map[string]struct{}, len(resources))
+			}
+			if _, dup := seen[r]; dup {
+				return 0, invalidf("resource %q given twice", r)
+			}
+			seen[r] = struct{}{}
+		}
+	}
+	if ttl < 0 {
+		return 0, invalidf("negative ttl %v", ttl)
+	}
+	if ttl == 0 {
+		ttl = m.cfg.defaultTTL
+	}
+	if ttl < time.Millisecond {
+		return 0, invalidf("ttl %v: Redis expiries are whole milliseconds", ttl)
+	}
+	return ttl, nil
+}
+
+func newToken() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", fmt.Errorf("redlock: reading random token: %w", err)
+	}
+	var out [22]byte // base64url of 16 bytes, unpadded
+	base64.RawURLEncoding.Encode(out[:], b[:])
+	return string(out[:]), nil
+}
+
+func (m *Manager) retryDelay() time.Duration {
+	lo, hi := m.cfg.retryMin, m.cfg.retryMax
+	if hi <= lo {
+		return lo
+	}
+	return lo + mrand.N(hi-lo+1)
+}
+
+// sleep waits d or until wake fires; it returns false if ctx ended or the
+// Manager is closing first.
+func (m *Manager) sleep(ctx context.Context, d time.Duration, wake <-chan struct{}) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-wake:
+		return true
+	case <-ctx.Done():
+		return false
+	case <-m.closing:
+		return false
+	}
+}
+
+// drift is the clock-drift allowance for a ttl.
+func (m *Manager) drift(ttl time.Duration) time.Duration {
+	return time.Duration(float64(ttl)*m.cfg.drift) + driftFixed
+}
+
+// tryLock is one attempt of the algorithm. A failed attempt returns the
+// round of its release, which a caller-chosen token waits for.
+func (m *Manager) tryLock(ctx context.Context, keys []string, token string, ttl time.Duration) (*Lock, *QuorumError, *round) {
+	start := time.Now()
+	ttlMS := ttl.Milliseconds()
+	var r *round
+	if m.cfg.fencing {
+		r = m.fanout(ctx, quorum, "EVALSHA", &acquireFencedScript, acquireFencedArgs(keys[0], fenceKey(keys[0]), token, ttlMS), voteAcquireFenced, write)
+	} else {
+		r = m.fanout(ctx, quorum, "EVALSHA", &acquireScript, acquireArgs(keys, token, ttlMS), voteAcquire, write)
+	}
+	var fence int64
+	failed := r // the round that decides the error
+	if m.cfg.fencing && r.ok >= m.quorum {
+		fence, failed = m.fence(ctx, r, keys[0], token)
+	}
+	validity := ttl - time.Since(start) - m.drift(ttl)
+	if failed == r && r.ok >= m.quorum && validity > 0 {
+		return &Lock{m: m, keys: keys, token: token, ttl: ttl, fenceToken: fence, until: start.Add(ttl - m.drift(ttl))}, nil, nil
+	}
+	cleanup := m.releaseAfter(r, keys, token)
+	qe := failed.quorumError("lock", keys[0], ErrNotAcquired)
+	if failed.ok >= m.quorum {
+		qe.extra = append(qe.extra, errTooSlow)
+	}
+	return nil, qe, cleanup
+}
+
+// Extend resets the lock's expiry to ttl (0: the ttl it was taken with) on
+// every node that still holds its token, and succeeds when a quorum did
+// within the new validity; Until moves accordingly. It never re-creates a key
+// that lapsed or was taken by another holder. On failure the lock becomes
+// invalid (Valid reports false) and the error matches ErrNotHeld (and
+// ErrUnavailable when nodes failed) and is a *QuorumError; a released lock
+// fails at once with ErrNotHeld. A nil lock or ttl < 0 matches
+// ErrInvalidArgument.
+func (m *Manager) Extend(ctx context.Context, l *Lock, ttl time.Duration) error {
+	if l == nil {
+		return invalidf("nil lock")
+	}
+	if ttl == 0 {
+		ttl = l.ttl
+	}
+	ttl, err := m.checkCall(l.keys, ttl)
+	if err != nil {
+		return err
+	}
+	if l.m != m {
+		return invalidf("lock belongs to another Manager")
+	}
+	if l.isReleased() {
+		return fmt.Errorf("%w: %q was unlocked", ErrNotHeld, l.keys[0])
+	}
+	if err := m.enter(); err != nil {
+		return err
+	}
+	defer m.wg.Done()
+	m.noteTTL(ttl)
+	start := time.Now()
+	// On every node the extend is queued behind the lock's own acquire,
+	// even when that acquire's reply is still on its way.
+	r := m.fanout(ctx, quorum, "EVALSHA", &extendScript, extendArgs(l.keys, l.token, ttl.Milliseconds()), voteExtend, write)
+	validity := ttl - time.Since(start) - m.drift(ttl)
+	if r.ok >= m.quorum && validity > 0 {
+		l.extended(start.Add(ttl - m.drift(ttl)))
+		return nil
+	}
+	l.invalidate()
+	qe := r.quorumError("extend", l.keys[0], ErrNotHeld)
+	if r.ok >= m.quorum {
+		qe.extra = append(qe.extra, errTooSlow)
+	}
+	if err := ctx.Err(); err != nil {
+		qe.extra = append(qe.extra, err)
+	}
+	return qe
+}
+
+// Unlock releases the lock: every node deletes the keys that hold its
+// token, and no other key. The lock is invalid from the start of the call.
+// It returns when a quorum confirmed the release (the other nodes finish in
+// the background, within the node timeout). If fewer than a quorum held the
+// token (it expired or was taken over), the error matches ErrNotHeld and is
+// a *QuorumError. A nil lock matches ErrInvalidArgument.
+func (m *Manager) Unlock(ctx context.Context, l *Lock) error {
+	if l == nil {
+		return invalidf("nil lock")
+	}
+	if l.m != m {
+		return invalidf("lock belongs to another Manager")
+	}
+	if err := m.enter(); err != nil {
+		return err
+	}
+	defer m.wg.Done()
+	l.release()
+	r := m.fanout(ctx, quorum, "EVALSHA", &releaseScript, releaseArgs(l.keys, l.token), voteRelease(len(l.keys)), unguarded)
+	if r.ok >= m.quorum {
+		return nil
+	}
+	qe := r.quorumError("unlock", l.keys[0], ErrNotHeld)
+	if err := ctx.Err(); err != nil {
+		qe.extra = append(qe.extra, err)
+	}
+	return qe
+}
+
+// Lock is a held lock. Its methods are safe for concurrent use.
+type Lock struct {
+	m          *Manager
+	keys       []string // resources, in the order given
+	token      string
+	ttl        time.Duration
+	fenceToken int64 // with WithFencing; 0 otherwise
+
+	mu       sync.Mutex // protects until and released
+	until    time.Time  // local validity deadline, monotonic
+	released bool
+}
+
+// Resource returns the lock's resource (the first one of a LockMulti).
+func (l *Lock) Resource() string { return l.keys[0] }
+
+// Resources returns every resource the lock holds.
+func (l *Lock) Resources() []string { return append([]string(nil), l.keys...) }
+
+// Token returns the value stored in the lock's keys: 128 random bits from
+// crypto/rand, base64url-encoded, unless set with WithToken.
+func (l *Lock) Token() string { return l.token }
+
+// TTL returns the ttl the lock was taken with.
+func (l *Lock) TTL() time.Duration { return l.ttl }
+
+// Until returns the local validity deadline: the lock's ttl from the start
+// of the successful attempt minus the drift allowance, on the monotonic
+// clock. A successful Extend moves it.
+func (l *Lock) Until() time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.until
+}
+
+// Valid reports whether the lock is still held as far as this process can
+// tell: false after Unlock, after a failed Extend, and once Until has passed.
+func (l *Lock) Valid() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return !l.released && time.Now().Before(l.until)
+}
+
+// Extend is m.Extend(ctx, l, ttl) for the lock's Manager.
+func (l *Lock) Extend(ctx context.Context, ttl time.Duration) error {
+	if l == nil {
+		return invalidf("nil lock")
+	}
+	return l.m.Extend(ctx, l, ttl)
+}
+
+// Unlock is m.Unlock(ctx, l) for the lock's Manager.
+func (l *Lock) Unlock(ctx context.Context) error {
+	if l == nil {
+		return invalidf("nil lock")
+	}
+	return l.m.Unlock(ctx, l)
+}
+
+// String describes the lock without its token.
+func (l *Lock) String() string {
+	return fmt.Sprintf("redlock.Lock{%q valid=%t}", l.keys[0], l.Valid())
+}
+
+func (l *Lock) isReleased() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.released
+}
+
+func (l *Lock) release() {
+	l.mu.Lock()
+	l.released = true
+	l.mu.Unlock()
+}
+
+func (l *Lock) invalidate() {
+	l.mu.Lock()
+	l.until = time.Time{}
+	l.mu.Unlock()
+}
+
+func (l *Lock) extended(until time.Time) {
+	l.mu.Lock()
+	l.until = until
+	l.mu.Unlock()
+}
