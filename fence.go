@@ -42,8 +42,7 @@ func fenceKey(resource string) string { return FenceKeyPrefix + resource }
 // fence runs phase 2 of a fenced acquisition after phase 1 (acquired)
 // reached a quorum: the token is the largest counter the quorum read plus
 // one, recorded on every node where token still holds key. It returns the
-// token and the round that decides the attempt: acquired when phase 2
-// reached a quorum too, phase 2's otherwise.
+// token and phase 2's round (the caller releases it).
 func (m *Manager) fence(ctx context.Context, acquired *round, key, token string) (int64, *round) {
 	var fence int64
 	for _, v := range acquired.votes {
@@ -52,11 +51,7 @@ func (m *Manager) fence(ctx context.Context, acquired *round, key, token string)
 		}
 	}
 	fence++
-	r := m.fanout(ctx, quorum, "EVALSHA", &fenceScript, fenceArgs(key, fenceKey(key), token, fence), voteFence, write)
-	if r.ok < m.quorum {
-		return fence, r
-	}
-	return fence, acquired
+	return fence, m.fanout(ctx, quorum, "EVALSHA", &fenceScript, fenceArgs(key, fenceKey(key), token, fence), voteFence, write)
 }
 
 // Fence returns the lock's fencing token when the Manager has WithFencing,

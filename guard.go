@@ -25,7 +25,6 @@ import (
 // ttl than this Manager's are not covered.
 func WithRestartGuard(enabled bool) Option { return func(c *config) { c.restartGuard = enabled } }
 
-
 // restartGuard watches one node's run_id.
 type restartGuard struct {
 	maxTTL func() time.Duration

@@ -65,10 +65,10 @@ func (m *Manager) Lock(ctx context.Context, resource string, ttl time.Duration, 
 // LockMulti acquires several resources as one lock, all or nothing on each
 // node: a node votes yes only if it took every key. Errors as Lock.
 func (m *Manager) LockMulti(ctx context.Context, resources []string, ttl time.Duration, opts ...LockOption) (*Lock, error) {
-	return m.lock(ctx, append([]string(nil), resources...), ttl, opts)
+	return m.lock(ctx, resources, ttl, opts)
 }
 
-// lock is Lock and LockMulti; keys is the caller's copy.
+// lock is Lock and LockMulti. keys is only read: the Lock keeps a copy.
 func (m *Manager) lock(ctx context.Context, keys []string, ttl time.Duration, opts []LockOption) (*Lock, error) {
 	o := applyLockOptions(opts)
 	ttl, err := m.checkCall(keys, ttl)
@@ -98,10 +98,21 @@ func (m *Manager) lock(ctx context.Context, keys []string, ttl time.Duration, op
 			w.done()
 		}
 	}()
+	var cleanup *round // a caller's token: the failed attempt's release, waited for before the next one
+	defer func() {
+		if cleanup != nil {
+			cleanup.release()
+		}
+	}()
 	for attempt := 1; ; attempt++ {
-		l, qe, cleanup := m.tryLock(ctx, keys, token, ttl)
+		l, qe, rel := m.tryLock(ctx, keys, token, ttl)
 		if qe == nil {
 			return l, nil
+		}
+		if custom {
+			cleanup = rel
+		} else {
+			rel.release()
 		}
 		if last == nil || !errors.Is(qe, errNoAnswerYet) {
 			// An attempt cut short by ctx says less than a decided one
@@ -138,7 +149,13 @@ func (m *Manager) lock(ctx context.Context, keys []string, ttl time.Duration, op
 				last.extra = append(last.extra, err)
 				break
 			}
-		} else if cleanup.collect(ctx); cleanup.cut != nil {
+			continue
+		}
+		cleanup.collect(ctx)
+		cut := cleanup.cut != nil
+		cleanup.release()
+		cleanup = nil
+		if cut {
 			break
 		}
 	}
@@ -234,14 +251,20 @@ func (m *Manager) tryLock(ctx context.Context, keys []string, token string, ttl 
 	} else {
 		r = m.fanout(ctx, quorum, "EVALSHA", &acquireScript, acquireArgs(keys, token, ttlMS), voteAcquire, write)
 	}
+	defer r.release()
 	var fence int64
 	failed := r // the round that decides the error
 	if m.cfg.fencing && r.ok >= m.quorum {
-		fence, failed = m.fence(ctx, r, keys[0], token)
+		var f *round
+		fence, f = m.fence(ctx, r, keys[0], token)
+		defer f.release()
+		if f.ok < m.quorum {
+			failed = f
+		}
 	}
 	validity := ttl - time.Since(start) - m.drift(ttl)
 	if failed == r && r.ok >= m.quorum && validity > 0 {
-		return &Lock{m: m, keys: keys, token: token, ttl: ttl, fenceToken: fence, until: start.Add(ttl - m.drift(ttl))}, nil, nil
+		return newLock(m, keys, token, ttl, fence, start.Add(ttl-m.drift(ttl))), nil, nil
 	}
 	cleanup := m.releaseAfter(r, keys, token)
 	qe := failed.quorumError("lock", keys[0], ErrNotAcquired)
@@ -285,6 +308,7 @@ func (m *Manager) Extend(ctx context.Context, l *Lock, ttl time.Duration) error 
 	// On every node the extend is queued behind the lock's own acquire,
 	// even when that acquire's reply is still on its way.
 	r := m.fanout(ctx, quorum, "EVALSHA", &extendScript, extendArgs(l.keys, l.token, ttl.Milliseconds()), voteExtend, write)
+	defer r.release()
 	validity := ttl - time.Since(start) - m.drift(ttl)
 	if r.ok >= m.quorum && validity > 0 {
 		l.extended(start.Add(ttl - m.drift(ttl)))
@@ -318,8 +342,9 @@ func (m *Manager) Unlock(ctx context.Context, l *Lock) error {
 		return err
 	}
 	defer m.wg.Done()
-	l.release()
+	l.markUnlocked()
 	r := m.fanout(ctx, quorum, "EVALSHA", &releaseScript, releaseArgs(l.keys, l.token), voteRelease(len(l.keys)), unguarded)
+	defer r.release()
 	if r.ok >= m.quorum {
 		return nil
 	}
@@ -333,7 +358,8 @@ func (m *Manager) Unlock(ctx context.Context, l *Lock) error {
 // Lock is a held lock. Its methods are safe for concurrent use.
 type Lock struct {
 	m          *Manager
-	keys       []string // resources, in the order given
+	keys       []string  // resources, in the order given
+	one        [1]string // keys' array for a single resource (one allocation less per Lock: bench/ BenchmarkCycle)
 	token      string
 	ttl        time.Duration
 	fenceToken int64 // with WithFencing; 0 otherwise
@@ -341,6 +367,18 @@ type Lock struct {
 	mu       sync.Mutex // protects until and released
 	until    time.Time  // local validity deadline, monotonic
 	released bool
+}
+
+// newLock returns a held lock of a copy of keys.
+func newLock(m *Manager, keys []string, token string, ttl time.Duration, fence int64, until time.Time) *Lock {
+	l := &Lock{m: m, token: token, ttl: ttl, fenceToken: fence, until: until}
+	if len(keys) == 1 {
+		l.one[0] = keys[0]
+		l.keys = l.one[:]
+	} else {
+		l.keys = append([]string(nil), keys...)
+	}
+	return l
 }
 
 // Resource returns the lock's resource (the first one of a LockMulti).
@@ -400,7 +438,7 @@ func (l *Lock) isReleased() bool {
 	return l.released
 }
 
-func (l *Lock) release() {
+func (l *Lock) markUnlocked() {
 	l.mu.Lock()
 	l.released = true
 	l.mu.Unlock()

@@ -170,6 +170,7 @@ func (c *call) Done(reply interface{}, err error, ack interface{}) {
 	*c = call{}
 	callPool.Put(c)
 	r.ch <- v // buffered for every request: never blocks
+	r.release()
 	wg.Done()
 }
 
@@ -198,11 +199,13 @@ func (m *Manager) submit(r *round, i int, cmd string, args []interface{}, s *lua
 	n := m.nodes[i]
 	c := callPool.Get().(*call)
 	*c = call{r: r, n: n, node: i, seq: seq, cmd: cmd, args: args, script: s, decode: decode, kind: kind,
-		ack: kind == write && n.acks > 0, sent: time.Now(), wg: &m.wg}
-	m.wg.Add(1) // Close waits for the stragglers too
-	if r != nil {
-		r.want++
+		ack: kind == write && n.acks > 0, wg: &m.wg}
+	if n.sentinel {
+		c.sent = time.Now() // bounds the retry
 	}
+	m.wg.Add(1) // Close waits for the stragglers too
+	r.want++
+	r.refs.Add(1)
 	n.wire.Submit(c)
 }
 

@@ -35,6 +35,7 @@ func (m *Manager) IsLocked(ctx context.Context, resource string) (bool, error) {
 	}
 	defer m.wg.Done()
 	r := m.inspect(ctx, either, resource, isHeld)
+	defer r.release()
 	if r.ok >= m.quorum {
 		return true, nil
 	}
@@ -72,6 +73,7 @@ func (m *Manager) GetLock(ctx context.Context, resource, token string) (*Lock, e
 	defer m.wg.Done()
 	start := time.Now()
 	r := m.inspect(ctx, quorum, resource, func(holder string) bool { return holder == token })
+	defer r.release()
 	if r.ok < m.quorum {
 		for i := range r.votes {
 			if r.votes[i].err == nil && !r.votes[i].ok {
@@ -98,7 +100,7 @@ func (m *Manager) GetLock(ctx context.Context, resource, token string) (*Lock, e
 	// The quorum guarantees the smallest remaining ttl among its members.
 	sort.Slice(pttls, func(i, j int) bool { return pttls[i] > pttls[j] })
 	left := pttls[m.quorum-1]
-	return &Lock{m: m, keys: []string{resource}, token: token, ttl: ttl, until: start.Add(left - m.drift(left))}, nil
+	return newLock(m, []string{resource}, token, ttl, 0, start.Add(left-m.drift(left))), nil
 }
 
 // NodeState is what one node says about a resource (see Inspect).
@@ -127,6 +129,7 @@ func (m *Manager) Inspect(ctx context.Context, resource string) ([]NodeState, er
 	}
 	// unguarded: Inspect reports what each node holds, quarantined or not
 	r := m.fanout(ctx, every, "EVALSHA", &inspectScript, inspectArgs(resource), inspectVoter(isHeld), unguarded)
+	defer r.release()
 	for i := range out {
 		out[i].Err = r.unanswered()
 	}
@@ -205,6 +208,7 @@ func (m *Manager) LoadScriptsReport(ctx context.Context) ([]ScriptLoad, error) {
 		}
 	}
 	r.collect(ctx)
+	defer r.release()
 	for i := range out {
 		out[i].Err = r.unanswered()
 	}

@@ -260,4 +260,3 @@ func (m *Manager) enter() error {
 	m.wg.Add(1)
 	return nil
 }
-

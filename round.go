@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -20,7 +21,8 @@ import (
 type round struct {
 	m       *Manager
 	rule    rule
-	want    int        // requests submitted
+	refs    atomic.Int32 // the caller's and every request's not yet answered; see release
+	want    int          // requests submitted
 	votes   []nodeVote // answers received before the round was decided
 	ok      int        // votes with ok
 	ch      chan nodeVote
@@ -65,15 +67,42 @@ func (m *Manager) fanout(ctx context.Context, rl rule, cmd string, s *luaScript,
 	return r
 }
 
+// newRound returns a round for up to requests requests; the caller must
+// release it when done with its votes.
+//
+// Rounds, their vote arrays and channels are recycled: that is two
+// allocations less per call, four per Lock+Unlock cycle (bench/
+// BenchmarkCycle, allocs/op).
 func (m *Manager) newRound(rl rule, requests int) *round {
-	r := &round{m: m, rule: rl}
+	r := roundPool.Get().(*round)
+	r.m, r.rule = m, rl
 	if requests <= len(r.voteBuf) {
-		r.votes = r.voteBuf[:0] // one allocation less per round
+		r.votes = r.voteBuf[:0]
 	} else {
 		r.votes = make([]nodeVote, 0, requests)
 	}
-	r.ch = make(chan nodeVote, requests)
+	if cap(r.ch) < requests {
+		r.ch = make(chan nodeVote, max(requests, len(r.voteBuf)))
+	}
+	r.refs.Store(1)
 	return r
+}
+
+var roundPool = sync.Pool{New: func() interface{} { return new(round) }}
+
+// release drops the caller's reference: once every request has answered
+// too, the round is recycled. Nothing of r may be used after release.
+func (r *round) release() {
+	if r.refs.Add(-1) != 0 {
+		return
+	}
+	for len(r.ch) > 0 { // votes that came after the round was decided
+		<-r.ch
+	}
+	ch := r.ch
+	clear(r.voteBuf[:])
+	*r = round{ch: ch}
+	roundPool.Put(r)
 }
 
 // collect gathers votes until the rule decides the round.

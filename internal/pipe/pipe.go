@@ -163,7 +163,7 @@ func (p *Pipe) submitLocked(e entry) (err error, stalled *conn) {
 		go p.watch()
 	}
 	if c := p.conn; c != nil {
-		broken, isStalled := c.state()
+		broken, isStalled := c.state(e.queued)
 		if broken == nil && !isStalled {
 			return c.enqueue(e), nil
 		}
@@ -237,15 +237,21 @@ func (p *Pipe) redial(prev <-chan struct{}) {
 	p.released = make(chan struct{})
 	p.conn = p.newConn(raw, p.released)
 	// Queued before anything submitted after the connection is published:
-	// per node, requests keep their order.
-	var refused []entry
-	for _, e := range later {
-		if err := p.conn.enqueue(e); err != nil {
-			refused = append(refused, e)
-		}
+	// per node, requests keep their order. All at once: queued one by one,
+	// they could see the connection break on the first one's reply (e.g.
+	// READONLY), and the rest would fail with ErrStalled and be resubmitted
+	// ahead of the first one's retry (TestFatalReplyMovesFollowersToTheNextConnection).
+	c := p.conn
+	c.mu.Lock()
+	err = c.broken // it broke at once (the node closed it): nothing was sent
+	if err == nil {
+		c.queue = append(c.queue, later...)
+		later = nil
 	}
+	c.mu.Unlock()
+	signal(c.wake)
 	p.mu.Unlock()
-	failEntries(refused, ErrStalled)
+	failEntries(later, err)
 }
 
 // failEntries completes requests that will never be sent.
@@ -313,7 +319,7 @@ func (p *Pipe) expire(now time.Time) {
 	failEntries(late, ErrNoReply)
 	if c != nil {
 		c.expire(now)
-		if _, stalled := c.state(); stalled {
+		if _, stalled := c.state(now); stalled {
 			c.fail(ErrStalled)
 		}
 	}
@@ -354,10 +360,10 @@ func signal(ch chan struct{}) {
 // state returns what broke the connection, if anything, and whether it is
 // stalled: its oldest request went unanswered for three timeouts, so it
 // must be dropped (by the caller, with fail).
-func (mc *conn) state() (broken error, stalled bool) {
+func (mc *conn) state(now time.Time) (broken error, stalled bool) {
 	mc.mu.Lock()
 	defer mc.mu.Unlock()
-	stalled = mc.broken == nil && len(mc.pending) > 0 && time.Since(mc.pending[0].sent) > 3*mc.p.o.Timeout
+	stalled = mc.broken == nil && len(mc.pending) > 0 && now.Sub(mc.pending[0].sent) > 3*mc.p.o.Timeout
 	return mc.broken, stalled
 }
 
@@ -369,7 +375,7 @@ func (mc *conn) enqueue(e entry) error {
 		err := mc.broken
 		mc.mu.Unlock()
 		return err
-	case len(mc.pending) > 0 && time.Since(mc.pending[0].sent) > 2*mc.p.o.Timeout,
+	case len(mc.pending) > 0 && e.queued.Sub(mc.pending[0].sent) > 2*mc.p.o.Timeout,
 		len(mc.pending)+len(mc.queue) >= maxInFlight:
 		mc.mu.Unlock()
 		return ErrStalled
@@ -493,10 +499,11 @@ func (mc *conn) writeLoop() {
 	}
 }
 
-// receive reads one reply, within twice the timeout when the connection
-// takes a read deadline.
+// receive reads one reply. A borrowed connection is read within twice the
+// timeout when it takes a read deadline (a dialled one is closed by the
+// watchdog when it stalls).
 func (mc *conn) receive() (interface{}, error) {
-	if !mc.noDeadline {
+	if !mc.p.o.Interruptible && !mc.noDeadline {
 		reply, err := redis.ReceiveWithTimeout(mc.c, 2*mc.p.o.Timeout)
 		if err == nil || err.Error() != "redis: connection does not support ConnWithTimeout" {
 			return reply, err
@@ -509,17 +516,22 @@ func (mc *conn) receive() (interface{}, error) {
 func (mc *conn) readLoop() {
 	defer mc.exit()
 	for {
-		mc.mu.Lock()
-		for len(mc.pending) == 0 && mc.broken == nil {
-			mc.mu.Unlock()
-			<-mc.readable
+		if !mc.p.o.Interruptible {
+			// A borrowed connection is read only while a reply is due, so
+			// that Close can give it back without racing a blocked read.
+			// (A dialled one is read at once: Close unblocks it.)
 			mc.mu.Lock()
-		}
-		if mc.broken != nil && len(mc.pending) == 0 {
+			for len(mc.pending) == 0 && mc.broken == nil {
+				mc.mu.Unlock()
+				<-mc.readable
+				mc.mu.Lock()
+			}
+			if mc.broken != nil && len(mc.pending) == 0 {
+				mc.mu.Unlock()
+				return
+			}
 			mc.mu.Unlock()
-			return
 		}
-		mc.mu.Unlock()
 		reply, err := mc.receive()
 		rerr, isReply := err.(redis.Error) // an error reply, not a broken link
 		if err != nil && !isReply {
