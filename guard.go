@@ -3,6 +3,7 @@ package redlock
 import (
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -29,9 +30,10 @@ func WithRestartGuard(enabled bool) Option { return func(c *config) { c.restartG
 type restartGuard struct {
 	maxTTL func() time.Duration
 
-	mu    sync.Mutex // protects runID and until
-	runID string     // last run_id seen
-	until time.Time  // end of the quarantine
+	armed atomic.Bool // a quarantine may be running: the common case (none) reads one atomic per vote
+	mu    sync.Mutex  // protects runID and until
+	runID string      // last run_id seen
+	until time.Time   // end of the quarantine
 }
 
 // observe records the run_id read on a new connection ("" when the node
@@ -45,18 +47,23 @@ func (g *restartGuard) observe(id string) {
 	defer g.mu.Unlock()
 	if g.runID != "" && g.runID != id {
 		g.until = time.Now().Add(g.maxTTL())
+		g.armed.Store(true)
 	}
 	g.runID = id
 }
 
 // quarantined reports whether the node's votes must be ignored now.
 func (g *restartGuard) quarantined() bool {
-	if g == nil {
+	if g == nil || !g.armed.Load() {
 		return false
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return time.Now().Before(g.until)
+	if time.Now().Before(g.until) {
+		return true
+	}
+	g.armed.Store(false)
+	return false
 }
 
 // infoField returns a field of an INFO reply.

@@ -169,8 +169,7 @@ func (c *call) Done(reply interface{}, err error, ack interface{}) {
 	r, wg := c.r, c.wg
 	*c = call{}
 	callPool.Put(c)
-	r.ch <- v // buffered for every request: never blocks
-	r.release()
+	r.vote(v)
 	wg.Done()
 }
 
@@ -204,7 +203,6 @@ func (m *Manager) submit(r *round, i int, cmd string, args []interface{}, s *lua
 		c.sent = time.Now() // bounds the retry
 	}
 	m.wg.Add(1) // Close waits for the stragglers too
-	r.want++
 	r.refs.Add(1)
 	n.wire.Submit(c)
 }

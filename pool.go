@@ -315,6 +315,9 @@ func Pool(p *redis.Pool) Instance { return poolInstance{p} }
 
 type poolInstance struct{ p *redis.Pool }
 
+// String is "pool": a redigo pool does not say where it connects. In a
+// Manager's errors and Nodes the node is "pool#i", i its index in New's
+// list.
 func (p poolInstance) String() string { return "pool" }
 
 func (p poolInstance) newNode() (*node, error) {

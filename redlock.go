@@ -194,6 +194,9 @@ func New(instances []Instance, opts ...Option) (*Manager, error) {
 			m.shutdownNodes()
 			return nil, fmt.Errorf("instance %d: %w", i, err)
 		}
+		if _, ok := inst.(poolInstance); ok {
+			n.name = fmt.Sprintf("pool#%d", i) // tells the caller's pools apart in errors
+		}
 		if cfg.restartGuard {
 			n.guard = &restartGuard{maxTTL: m.maxTTLNow}
 		}

@@ -17,15 +17,21 @@ import (
 // round is one fan-out: the same request queued on every node's transport
 // at once, and the votes collected until the answer is decided. It is the
 // only way the Manager talks to its nodes. No goroutine is started: the
-// transports' readers deliver the votes.
+// transports' readers deliver the votes, and the one that decides the
+// round wakes the caller (once per round, not once per vote).
 type round struct {
-	m       *Manager
-	rule    rule
-	refs    atomic.Int32 // the caller's and every request's not yet answered; see release
-	want    int          // requests submitted
-	votes   []nodeVote // answers received before the round was decided
-	ok      int        // votes with ok
-	ch      chan nodeVote
+	m    *Manager
+	rule rule
+	want int           // requests the round waits for at most
+	refs atomic.Int32  // the caller's and every request's not yet answered; see release
+	done chan struct{} // cap 1: signalled once the rule decided the round
+
+	mu      sync.Mutex  // protects the fields below until closed is set; then they are the caller's
+	closed  bool        // decided, or the caller stopped waiting: later votes are not recorded
+	votes   []nodeVote  // answers received before the round was closed
+	ok      int         // votes with ok
+	failed  int         // votes against
+	clean   int         // votes against without an error (inspect: free)
 	cut     error       // the caller's ctx ended before the round was decided
 	voteBuf [5]nodeVote // votes' array for up to five nodes
 }
@@ -39,7 +45,8 @@ const (
 	// either: a quorum voted ok, or a quorum voted a clean no (reads: the
 	// answer is known either way), or neither can happen any more.
 	either
-	// every: every node answered (Inspect, LoadScripts).
+	// every: every request answered (Inspect, LoadScripts, a release that
+	// a caller's token waits for).
 	every
 )
 
@@ -67,22 +74,22 @@ func (m *Manager) fanout(ctx context.Context, rl rule, cmd string, s *luaScript,
 	return r
 }
 
-// newRound returns a round for up to requests requests; the caller must
-// release it when done with its votes.
+// newRound returns a round of requests requests; the caller submits them
+// (m.submit), collects, and releases the round when done with its votes.
 //
 // Rounds, their vote arrays and channels are recycled: that is two
 // allocations less per call, four per Lock+Unlock cycle (bench/
 // BenchmarkCycle, allocs/op).
 func (m *Manager) newRound(rl rule, requests int) *round {
 	r := roundPool.Get().(*round)
-	r.m, r.rule = m, rl
+	r.m, r.rule, r.want = m, rl, requests
 	if requests <= len(r.voteBuf) {
 		r.votes = r.voteBuf[:0]
 	} else {
 		r.votes = make([]nodeVote, 0, requests)
 	}
-	if cap(r.ch) < requests {
-		r.ch = make(chan nodeVote, max(requests, len(r.voteBuf)))
+	if r.done == nil {
+		r.done = make(chan struct{}, 1)
 	}
 	r.refs.Store(1)
 	return r
@@ -96,52 +103,83 @@ func (r *round) release() {
 	if r.refs.Add(-1) != 0 {
 		return
 	}
-	for len(r.ch) > 0 { // votes that came after the round was decided
-		<-r.ch
+	select { // a decision the caller did not wait for
+	case <-r.done:
+	default:
 	}
-	ch := r.ch
+	done := r.done
 	clear(r.voteBuf[:])
-	*r = round{ch: ch}
+	*r = round{done: done}
 	roundPool.Put(r)
 }
 
-// collect gathers votes until the rule decides the round.
-func (r *round) collect(ctx context.Context) {
-	t := getTimer(r.m.cfg.nodeTimeout)
-	defer putTimer(t)
-	n, q := len(r.m.nodes), r.m.quorum
-	failed, clean := 0, 0 // votes against; clean: those without an error
-	for len(r.votes) < r.want {
-		var v nodeVote
-		select {
-		case v = <-r.ch:
-		case <-ctx.Done():
-			r.cut = ctx.Err() // the caller adds ctx.Err() to its error
-			return
-		case <-t.C:
-			r.timedOut()
-			return
-		}
+// vote records one request's answer (from the transport's goroutines) and
+// wakes the caller if it decides the round.
+func (r *round) vote(v nodeVote) {
+	r.mu.Lock()
+	if !r.closed {
 		r.votes = append(r.votes, v)
 		if v.ok {
 			r.ok++
 		} else {
-			failed++
+			r.failed++
 			if v.err == nil {
-				clean++
+				r.clean++
 			}
 		}
-		left := n - len(r.votes)
-		switch r.rule {
-		case quorum:
-			if r.ok >= q || failed > n-q {
-				return
-			}
-		case either:
-			if r.ok >= q || clean > n-q || (r.ok+left < q && clean+left <= n-q) {
-				return
-			}
+		if r.decided() {
+			r.closed = true
+			r.done <- struct{}{} // cap 1, sent once
 		}
+	}
+	r.mu.Unlock()
+	r.release()
+}
+
+// decided applies the round's rule to the votes so far; r.mu is held.
+func (r *round) decided() bool {
+	if len(r.votes) >= r.want {
+		return true
+	}
+	n, q := len(r.m.nodes), r.m.quorum
+	left := n - len(r.votes)
+	switch r.rule {
+	case quorum:
+		return r.ok >= q || r.failed > n-q
+	case either:
+		return r.ok >= q || r.clean > n-q || (r.ok+left < q && r.clean+left <= n-q)
+	}
+	return false
+}
+
+// collect waits until the rule decides the round, ctx ends or the node
+// timeout passes. Then the votes are the caller's: later ones are not
+// recorded.
+func (r *round) collect(ctx context.Context) {
+	if r.want == 0 {
+		return
+	}
+	t := getTimer(r.m.cfg.nodeTimeout)
+	defer putTimer(t)
+	var cut error
+	timedOut := false
+	select {
+	case <-r.done:
+	case <-ctx.Done():
+		cut = ctx.Err() // the caller adds ctx.Err() to its error
+	case <-t.C:
+		timedOut = true
+	}
+	r.mu.Lock()
+	decided := r.closed
+	r.closed = true
+	r.mu.Unlock()
+	if decided { // decided just as ctx ended or the timer fired: the decision stands
+		return
+	}
+	r.cut = cut
+	if timedOut {
+		r.timedOut()
 	}
 }
 
@@ -152,11 +190,10 @@ func (r *round) timedOut() {
 	for _, v := range r.votes {
 		answered |= 1 << v.node
 	}
-	failed := len(r.votes) - r.ok
 	for i := range r.m.nodes {
-		if answered&(1<<i) == 0 && r.rule != every && failed <= len(r.m.nodes)-r.m.quorum {
+		if answered&(1<<i) == 0 && r.rule != every && r.failed <= len(r.m.nodes)-r.m.quorum {
 			r.votes = append(r.votes, nodeVote{node: i, err: pipe.ErrNoReply})
-			failed++
+			r.failed++
 		}
 	}
 }
@@ -179,7 +216,13 @@ func (r *round) unanswered() error {
 // It returns the release's own round, for callers that must wait for it.
 func (m *Manager) releaseAfter(r *round, keys []string, token string) *round {
 	args := releaseArgs(keys, token)
-	rr := m.newRound(every, len(m.nodes))
+	todo := 0
+	for i := range m.nodes {
+		if !r.refused(i) {
+			todo++
+		}
+	}
+	rr := m.newRound(every, todo)
 	for i := range m.nodes {
 		if !r.refused(i) {
 			m.submit(rr, i, "EVALSHA", args, &releaseScript, voteNone, unguarded, 0)

@@ -20,6 +20,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"runtime"
 	"sync"
 	"time"
@@ -141,10 +142,13 @@ func (p *Pipe) Submit(r Request) {
 	cmd, args, ack := r.Command()
 	e := entry{req: r, cmd: cmd, args: args, ack: ack, queued: time.Now()}
 	p.mu.Lock()
-	err, stalled := p.submitLocked(e)
+	err, stalled, idle := p.submitLocked(e)
 	p.mu.Unlock()
-	if stalled != nil {
+	switch {
+	case stalled != nil:
 		stalled.fail(ErrStalled) // outside p.mu: Done may submit again
+	case idle != nil:
+		idle.writeQueued()
 	}
 	if err != nil {
 		r.Done(nil, err, nil)
@@ -152,10 +156,11 @@ func (p *Pipe) Submit(r Request) {
 }
 
 // submitLocked queues e; p.mu is held. It returns a connection that it
-// found stalled, for the caller to fail once p.mu is released.
-func (p *Pipe) submitLocked(e entry) (err error, stalled *conn) {
+// found stalled, for the caller to fail once p.mu is released, or an idle
+// one that e was queued on, for the caller to write to (see enqueue).
+func (p *Pipe) submitLocked(e entry) (err error, stalled, idle *conn) {
 	if p.closed {
-		return ErrClosed, nil
+		return ErrClosed, nil, nil
 	}
 	if !p.watching {
 		p.watching = true
@@ -165,7 +170,11 @@ func (p *Pipe) submitLocked(e entry) (err error, stalled *conn) {
 	if c := p.conn; c != nil {
 		broken, isStalled := c.state(e.queued)
 		if broken == nil && !isStalled {
-			return c.enqueue(e), nil
+			write, err := c.enqueue(e, true)
+			if write {
+				idle = c
+			}
+			return err, nil, idle
 		}
 		if isStalled {
 			stalled = c
@@ -178,7 +187,7 @@ func (p *Pipe) submitLocked(e entry) (err error, stalled *conn) {
 	}
 	if !p.dialing {
 		if time.Now().Before(p.nextDial) {
-			return p.dialErr, stalled
+			return p.dialErr, stalled, nil
 		}
 		p.dialing = true
 		p.wg.Add(1)
@@ -189,13 +198,13 @@ func (p *Pipe) submitLocked(e entry) (err error, stalled *conn) {
 		// behind a dial to a node that may hang. (The first dial, and the
 		// first redial after a broken connection, e.g. to a newly
 		// promoted master, are waited for, within the timeout.)
-		return p.dialErr, stalled
+		return p.dialErr, stalled, nil
 	}
 	if len(p.later) >= maxInFlight {
-		return ErrStalled, stalled
+		return ErrStalled, stalled, nil
 	}
 	p.later = append(p.later, e)
-	return nil, stalled
+	return nil, stalled, nil
 }
 
 // redial dials a connection in the background and publishes it. It waits
@@ -340,6 +349,8 @@ type conn struct {
 	pendBuf    []entry    // the array under pending, reused once pending is empty
 	broken     error      // set once; then the connection is given up
 	noDeadline bool       // c cannot take a read deadline (a wrapped pooled connection)
+	barriers   int        // barriers written and not yet answered: the writer waits
+	writing    bool       // a goroutine is writing: the writer, or a caller on an idle connection
 }
 
 func (p *Pipe) newConn(c redis.Conn, released chan struct{}) *conn {
@@ -367,23 +378,117 @@ func (mc *conn) state(now time.Time) (broken error, stalled bool) {
 	return mc.broken, stalled
 }
 
-// enqueue queues e for the writer. On error e was not queued.
-func (mc *conn) enqueue(e entry) error {
+// enqueue queues e for the writer. On error e was not queued. With direct,
+// it may instead report that the connection is idle: the caller must then
+// call writeQueued, holding no lock.
+func (mc *conn) enqueue(e entry, direct bool) (write bool, err error) {
 	mc.mu.Lock()
 	switch {
 	case mc.broken != nil:
 		err := mc.broken
 		mc.mu.Unlock()
-		return err
+		return false, err
 	case len(mc.pending) > 0 && e.queued.Sub(mc.pending[0].sent) > 2*mc.p.o.Timeout,
 		len(mc.pending)+len(mc.queue) >= maxInFlight:
 		mc.mu.Unlock()
-		return ErrStalled
+		return false, ErrStalled
 	}
 	mc.queue = append(mc.queue, e)
+	if !direct || mc.writing || len(mc.pending) > 0 || len(mc.queue) > 1 || mc.barriers > 0 || !small(e.args) {
+		mc.mu.Unlock()
+		signal(mc.wake)
+		return false, nil
+	}
+	// The connection is idle: nothing in flight, so the socket's buffers
+	// are empty and one small command cannot block. The caller writes it
+	// itself (writeQueued), saving the writer goroutine's wake-up: the
+	// latency of an uncontended Lock (bench/ BenchmarkCycle p1).
+	mc.writing = true
 	mc.mu.Unlock()
-	signal(mc.wake)
-	return nil
+	return true, nil
+}
+
+// writeQueued writes what is queued on the caller's goroutine, after
+// enqueue reported an idle connection (and set writing); no lock is held.
+func (mc *conn) writeQueued() {
+	var buf [2]wireCmd
+	mc.mu.Lock()
+	out := mc.take(buf[:0], time.Now())
+	mc.mu.Unlock()
+	err := mc.write(out)
+	mc.mu.Lock()
+	mc.writing = false
+	more := len(mc.queue) > 0
+	mc.mu.Unlock()
+	if err != nil {
+		mc.fail(err)
+	} else if more {
+		signal(mc.wake)
+	}
+}
+
+// small reports whether a command's arguments are a few KiB at most.
+func small(args []interface{}) bool {
+	n := 0
+	for _, a := range args {
+		if s, ok := a.(string); ok {
+			n += len(s)
+		}
+	}
+	return n <= 4<<10
+}
+
+// wireCmd is one command as the writer sends it.
+type wireCmd struct {
+	cmd  string
+	args []interface{}
+}
+
+// take moves the queue to pending, adding a barrier after ack requests,
+// and returns the commands to write (appended to out); mc.mu is held and
+// writing is set until the caller has written them.
+func (mc *conn) take(out []wireCmd, now time.Time) []wireCmd {
+	mc.writing = true
+	var bar *barrier
+	for i := range mc.queue {
+		e := &mc.queue[i]
+		e.sent = now
+		out = append(out, wireCmd{e.cmd, e.args})
+		if e.ack && mc.p.o.Barrier != nil {
+			if bar == nil {
+				bar = &barrier{}
+			}
+			e.bar = bar
+		}
+	}
+	if len(mc.pending) == 0 {
+		mc.pending = mc.pendBuf[:0]
+	}
+	before := cap(mc.pending)
+	mc.pending = append(mc.pending, mc.queue...)
+	if bar != nil {
+		cmd, args := mc.p.o.Barrier()
+		mc.pending = append(mc.pending, entry{cmd: cmd, args: args, queued: now, sent: now, bar: bar})
+		out = append(out, wireCmd{cmd, args})
+		mc.barriers++
+	}
+	if cap(mc.pending) > before {
+		mc.pendBuf = mc.pending[:0] // a new array: reuse it from its start
+	}
+	clear(mc.queue)
+	mc.queue = mc.queue[:0]
+	signal(mc.readable)
+	return out
+}
+
+// write sends out and flushes once; only the holder of writing calls it.
+func (mc *conn) write(out []wireCmd) error {
+	for _, c := range out {
+		if err := mc.c.Send(c.cmd, c.args...); err != nil {
+			return err
+		}
+	}
+	return mc.c.Flush()
 }
 
 // expire completes the requests waiting longer than the timeout. They
@@ -425,12 +530,7 @@ func (mc *conn) expire(now time.Time) {
 
 func (mc *conn) writeLoop() {
 	defer mc.exit()
-	var batch []entry
-	type command struct {
-		cmd  string
-		args []interface{}
-	}
-	var out []command
+	var out []wireCmd
 	for {
 		<-mc.wake
 		mc.mu.Lock()
@@ -447,51 +547,22 @@ func (mc *conn) writeLoop() {
 			mc.mu.Unlock()
 			return
 		}
-		batch, mc.queue = mc.queue, batch[:0]
-		if len(batch) == 0 {
+		if mc.barriers > 0 || mc.writing || len(mc.queue) == 0 {
+			// A barrier (WAIT) blocks the node's connection until it is
+			// answered: everything queued meanwhile waits here instead and
+			// leaves as one batch, with one barrier, once it is (the
+			// reader wakes us). A caller writing on an idle connection
+			// wakes us when it is done.
 			mc.mu.Unlock()
 			continue
 		}
-		now := time.Now()
-		out = out[:0]
-		var bar *barrier
-		for i := range batch {
-			e := &batch[i]
-			e.sent = now
-			out = append(out, command{e.cmd, e.args})
-			if e.ack && mc.p.o.Barrier != nil {
-				if bar == nil {
-					bar = &barrier{}
-				}
-				e.bar = bar
-			}
-		}
-		if len(mc.pending) == 0 {
-			mc.pending = mc.pendBuf[:0]
-		}
-		before := cap(mc.pending)
-		mc.pending = append(mc.pending, batch...)
-		if bar != nil {
-			cmd, args := mc.p.o.Barrier()
-			mc.pending = append(mc.pending, entry{cmd: cmd, args: args, queued: now, sent: now, bar: bar})
-			out = append(out, command{cmd, args})
-		}
-		if cap(mc.pending) > before {
-			mc.pendBuf = mc.pending[:0] // a new array: reuse it from its start
-		}
+		out = mc.take(out[:0], time.Now())
 		mc.mu.Unlock()
-		clear(batch)
-		signal(mc.readable)
-		var err error
-		for _, c := range out {
-			if err = mc.c.Send(c.cmd, c.args...); err != nil {
-				break
-			}
-		}
-		if err == nil {
-			err = mc.c.Flush()
-		}
+		err := mc.write(out)
 		clear(out)
+		mc.mu.Lock()
+		mc.writing = false
+		mc.mu.Unlock()
 		if err != nil {
 			mc.fail(err)
 			return
@@ -535,6 +606,12 @@ func (mc *conn) readLoop() {
 		reply, err := mc.receive()
 		rerr, isReply := err.(redis.Error) // an error reply, not a broken link
 		if err != nil && !isReply {
+			if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
+				// The read deadline (twice the timeout) passed: the node
+				// hung, as on a stalled connection, so the redial fails
+				// requests at once (TestUnansweredRequestsFailWithinTheTimeout).
+				err = ErrStalled
+			}
 			mc.fail(err)
 			return
 		}
@@ -552,6 +629,10 @@ func (mc *conn) readLoop() {
 		e := mc.pending[0]
 		mc.pending[0] = entry{}
 		mc.pending = mc.pending[1:]
+		if e.req == nil { // a barrier answered: the writer may go on
+			mc.barriers--
+			signal(mc.wake)
+		}
 		fatal := isReply && mc.p.o.Fatal != nil && mc.p.o.Fatal(rerr)
 		if fatal && mc.broken == nil {
 			// Broken before the request sees its reply, so that what it
