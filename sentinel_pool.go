@@ -153,12 +153,12 @@ func (s Sentinel) newNode() (*node, error) {
 	// The Sentinel client guidelines: a sentinel dial always has a timeout.
 	// Every query dials afresh (discovery only runs when a connection to the
 	// master is dialled). Its connect, read and write timeouts are the
-	// sentinel's fair share of what is left of the discovery's deadline, so
-	// that asking every sentinel in turn stays within one DialTimeout and a
-	// hung sentinel never leaves the next ones without time.
+	// sentinel's fair share of what is left of the discovery's deadline
+	// (sn.share), so that asking every sentinel in turn stays within one
+	// DialTimeout and a hung sentinel never leaves the next ones without
+	// time.
 	dialSentinel := func(addr string) (redis.Conn, error) {
-		left := int64(len(s.Addrs)) - sn.asked.Add(1) + 1
-		d := min(timeout, time.Until(time.Unix(0, sn.deadline.Load()))/time.Duration(max(left, 1)))
+		d := time.Duration(sn.share.Load())
 		if d <= 0 {
 			return nil, errDiscoveryTimeout
 		}
@@ -169,14 +169,22 @@ func (s Sentinel) newNode() (*node, error) {
 			redis.DialTLSHandshakeTimeout(d),
 			redis.DialPassword(s.SentinelPassword))...)
 	}
-	sn.snt = &sentinel.Sentinel{
-		Addrs:      append([]string(nil), s.Addrs...),
-		MasterName: s.Master,
-		Pool: func(addr string) *redis.Pool {
-			return &redis.Pool{Dial: func() (redis.Conn, error) { return dialSentinel(addr) }, MaxIdle: 0}
-		},
+	// One single-address client per sentinel: FZambia's client reorders
+	// its address list while it ranges over it, so that after the first
+	// address fails it asks that one again and never the next. The node
+	// keeps the order itself (see masterAddr).
+	for i, addr := range s.Addrs {
+		sn.addrs = append(sn.addrs, addr)
+		sn.order = append(sn.order, i)
+		sn.sentinels = append(sn.sentinels, &sentinel.Sentinel{
+			Addrs:      []string{addr},
+			MasterName: s.Master,
+			Pool: func(addr string) *redis.Pool {
+				return &redis.Pool{Dial: func() (redis.Conn, error) { return dialSentinel(addr) }, MaxIdle: 0}
+			},
+		})
 	}
-	return &node{name: s.String(), dial: sn.dial, interruptible: true, close: sn.snt.Close, sentinel: true,
+	return &node{name: s.String(), dial: sn.dial, interruptible: true, close: sn.close, sentinel: true,
 		acks: s.MinReplicaAcks, ackTimeout: orDefault(s.ReplicaAckTimeout, DefaultReplicaAckTimeout)}, nil
 }
 
@@ -185,12 +193,22 @@ var errDiscoveryTimeout = errors.New("redlock: no time left to ask the sentinels
 
 // sentinelNode discovers and dials the master of one Sentinel group.
 type sentinelNode struct {
-	snt        *sentinel.Sentinel // asked for the master's address
-	discover   chan struct{}      // one MasterAddr at a time (it is not safe for concurrent use)
-	timeout    time.Duration      // dial timeout
+	addrs      []string             // the sentinels, as given
+	sentinels  []*sentinel.Sentinel // one client per address
+	discover   chan struct{}        // one discovery at a time; it protects order
+	order      []int                // indexes into addrs: the last sentinel that answered first
+	timeout    time.Duration        // dial timeout
 	masterOpts []redis.DialOption
-	deadline   atomic.Int64 // unix nanos: end of the discovery in progress
-	asked      atomic.Int64 // sentinels dialled in the discovery in progress
+	share      atomic.Int64 // the sentinel query in progress: its timeout (nanoseconds)
+}
+
+// close closes the sentinel clients.
+func (sn *sentinelNode) close() error {
+	var errs []error
+	for _, s := range sn.sentinels {
+		errs = append(errs, s.Close())
+	}
+	return errors.Join(errs...)
 }
 
 // dial is the node's dialler: discover the master, dial it (AUTH, SELECT),
@@ -217,9 +235,11 @@ func (sn *sentinelNode) dial(ctx context.Context) (redis.Conn, error) {
 	return c, nil
 }
 
-// masterAddr asks the sentinels for the master's address. Calls are
-// serialized: the sentinel client reorders its address list without
-// locking it for readers.
+// masterAddr asks the sentinels, one at a time in the node's order, for
+// the master's address, each within its share of what is left of ctx's
+// deadline (the dial timeout): a dead, hung or unknown sentinel costs at
+// most its share, and the next one is asked. The first that answers is
+// asked first next time; the others keep their order behind it.
 func (sn *sentinelNode) masterAddr(ctx context.Context) (string, error) {
 	select {
 	case sn.discover <- struct{}{}:
@@ -231,13 +251,23 @@ func (sn *sentinelNode) masterAddr(ctx context.Context) (string, error) {
 	if !ok {
 		deadline = time.Now().Add(sn.timeout)
 	}
-	sn.deadline.Store(deadline.UnixNano())
-	sn.asked.Store(0)
-	addr, err := sn.snt.MasterAddr()
-	if err != nil {
-		return "", fmt.Errorf("redlock: asking the sentinels for the master: %w", err)
+	var errs []string
+	for k, i := range sn.order {
+		share := min(sn.timeout, time.Until(deadline)/time.Duration(len(sn.order)-k))
+		if share <= 0 {
+			errs = append(errs, "no time left to ask the others")
+			break
+		}
+		sn.share.Store(int64(share))
+		addr, err := sn.sentinels[i].MasterAddr()
+		if err == nil {
+			copy(sn.order[1:k+1], sn.order[:k]) // last good first
+			sn.order[0] = i
+			return addr, nil
+		}
+		errs = append(errs, fmt.Sprintf("sentinel %s: %v", sn.addrs[i], strings.TrimPrefix(err.Error(), "redlock: ")))
 	}
-	return addr, nil
+	return "", errors.New("redlock: asking the sentinels for the master: " + strings.Join(errs, "; "))
 }
 
 // ctxConn sends Do through DoContext, so that FZambia's TestRole is bounded
