@@ -94,7 +94,17 @@ func (n *node) hello(ctx context.Context, c redis.Conn) error {
 	if err := c.Send("INFO", "server"); err != nil {
 		return err
 	}
-	replies, err := redis.Values(redis.DoContext(c, ctx, ""))
+	// DoWithTimeout, not DoContext: a read deadline bounds it without a
+	// goroutine per dial (a paused node is redialled over and over).
+	timeout := DefaultDialTimeout
+	if d, ok := ctx.Deadline(); ok {
+		timeout = max(time.Until(d), time.Millisecond)
+	}
+	reply, err := redis.DoWithTimeout(c, timeout, "")
+	if err != nil && err.Error() == "redis: connection does not support ConnWithTimeout" {
+		reply, err = redis.DoContext(c, ctx, "") // a pooled connection of a wrapping Dial
+	}
+	replies, err := redis.Values(reply, err)
 	if err != nil {
 		return err
 	}

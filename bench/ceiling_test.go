@@ -154,3 +154,50 @@ func loadScripts(c redis.Conn) error {
 	}
 	return nil
 }
+
+// BenchmarkFloor is scenario d's latency floor: one goroutine, one plain
+// redigo connection per node, no lock logic at all. One op is one
+// uncontended cycle's round trips done the fastest way a client on this
+// machine can: the acquire script written to every node, the replies read,
+// then the release script the same way. No client's p=1 cycle can beat it:
+// cycles/s here bounds scenario a's p=1 for every library.
+func BenchmarkFloor(b *testing.B) {
+	acquire, release := scriptSHA1(b, "acquire"), scriptSHA1(b, "release")
+	conns := make([]redis.Conn, len(addrs))
+	for i, a := range addrs {
+		c, err := redis.Dial("tcp", a, redis.DialConnectTimeout(time.Second),
+			redis.DialReadTimeout(10*time.Second), redis.DialWriteTimeout(10*time.Second))
+		if err != nil {
+			b.Fatalf("dial %s: %v", a, err)
+		}
+		defer c.Close()
+		if err := loadScripts(c); err != nil {
+			b.Fatalf("%s: %v", a, err)
+		}
+		conns[i] = c
+	}
+	run := runSeq.Add(1)
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	for n := 0; n < b.N; n++ {
+		key := fmt.Sprintf("floor:%d:%d", run, n)
+		for _, args := range [][]interface{}{{acquire, 1, key, "tok", lockTTL.Milliseconds()}, {release, 1, key, "tok"}} {
+			for _, c := range conns {
+				err := c.Send("EVALSHA", args...)
+				if err == nil {
+					err = c.Flush()
+				}
+				if err != nil {
+					b.Fatalf("floor: %v", err)
+				}
+			}
+			for _, c := range conns {
+				if _, err := c.Receive(); err != nil {
+					b.Fatalf("floor: %v", err)
+				}
+			}
+		}
+	}
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "cycles/s")
+}

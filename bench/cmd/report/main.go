@@ -261,6 +261,8 @@ var fencedRows = []row{
 const (
 	theirs  = "redsync"
 	ceiling = "BenchmarkCeiling"
+	// floor is scenario d's latency floor F: no client's p=1 beats it.
+	floor = "BenchmarkFloor"
 	// ceilingShare is the target for ours p=64 / R.
 	ceilingShare = 0.6
 	// fencedShare is the target for fenced / unfenced p=64
@@ -332,6 +334,17 @@ func (r *results) table() string {
 	}
 	ss, okSS := share(theirs)
 	line("d. ceiling", "p=64 cycles/s as % of R", cells, percent(ss, okSS), blank, fmt.Sprintf("≥ %.0f%% of R", 100*ceilingShare), met)
+	F, okF := r.median(floor, "cycles/s")
+	line("d. floor", "F: p=1 cycles/s, one goroutine, raw connections", append([]string{format(F, okF, "cycles/s")}, blank[1:]...), "(same servers)", blank, "", blank)
+	ofFloor := func(lib string) string {
+		c, ok := r.median(fmt.Sprintf("BenchmarkCycle/%s/p1", lib), "cycles/s")
+		return percent(c/F, ok && okF && F > 0)
+	}
+	cells = nil
+	for _, lib := range ours {
+		cells = append(cells, ofFloor(lib.name))
+	}
+	line("d. floor", "p=1 cycles/s as % of F", cells, ofFloor(theirs), blank, "", blank)
 	emit(fencedRows[0])
 	cells, met = nil, nil
 	for _, lib := range ours {

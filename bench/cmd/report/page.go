@@ -152,7 +152,10 @@ timer starts.
   One op is one pair on every node, the server work of one lock cycle, so
   pairs/s is R; no Redlock client on this machine can exceed R cycles/s. R runs
   first and moves with the machine's load like everything else, so read the
-  share of R within one run.
+  share of R within one run. The latency floor F (` + "`BenchmarkFloor`" + `) is the p=1
+  counterpart: one goroutine, one plain connection per node, the acquire script
+  written to all five then the five replies read, then the release the same way,
+  no lock logic. No client's p=1 cycle on this machine can beat F.
 - **e. fenced cycle** (` + "`BenchmarkFencedCycle/{redlock-addr,redlock-pool}/p64`" + `): scenario a at
   p=64 with ` + "`WithFencing()`" + ` (every Lock must carry a fencing token), compared with
   the unfenced p=64 cycles of the same contender in the same run.
