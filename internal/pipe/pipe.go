@@ -102,10 +102,13 @@ type Pipe struct {
 	nextDial time.Time     // no dial before this (backoff)
 	backoff  time.Duration // wait after the next failed dial
 	later    []entry       // requests queued while a connection is dialled
-	released chan struct{} // closed once the previous connection was given up
-	closed   bool
-	watching bool           // the watchdog runs
-	wg       sync.WaitGroup // dialer, watchdog, readers, writers
+	// redialWanted: a request failed at once because the pipe is failing;
+	// the watchdog dials again after the backoff.
+	redialWanted bool
+	released     chan struct{} // closed once the previous connection was given up
+	closed       bool
+	watching     bool           // the watchdog runs
+	wg           sync.WaitGroup // dialer, watchdog, readers, writers
 }
 
 // New returns a pipe; it dials on first use.
@@ -190,6 +193,13 @@ func (p *Pipe) submitLocked(e entry) (err error, stalled, idle *conn) {
 		}
 	}
 	if !p.dialing {
+		if p.dialErr != nil {
+			// Failing: the watchdog dials again once the backoff is over,
+			// on its own goroutine (a node that stays down costs no
+			// goroutine per attempt); requests fail at once meanwhile.
+			p.redialWanted = true
+			return p.dialErr, stalled, nil
+		}
 		if time.Now().Before(p.nextDial) {
 			return p.dialErr, stalled, nil
 		}
@@ -216,6 +226,11 @@ func (p *Pipe) submitLocked(e entry) (err error, stalled, idle *conn) {
 // two connections to its node.
 func (p *Pipe) redial(prev <-chan struct{}) {
 	defer p.wg.Done()
+	p.dial(prev)
+}
+
+// dial dials, runs Hello and publishes the connection (see redial).
+func (p *Pipe) dial(prev <-chan struct{}) {
 	var raw redis.Conn
 	err := ErrClosed
 	select {
@@ -223,7 +238,12 @@ func (p *Pipe) redial(prev <-chan struct{}) {
 		raw, err = p.o.Dial(p.base)
 		if err == nil && p.o.Hello != nil {
 			ctx, cancel := context.WithTimeout(p.base, p.o.HelloTimeout) // bounded even on a paused node
+			stop := func() bool { return false }
+			if p.o.Interruptible {
+				stop = context.AfterFunc(p.base, func() { raw.Close() }) // Close does not wait for a hung Hello
+			}
 			err = p.o.Hello(ctx, raw)
+			stop()
 			cancel()
 			if err != nil {
 				raw.Close()
@@ -308,6 +328,16 @@ func (p *Pipe) watch() {
 			return
 		case now := <-t.C:
 			p.expire(now)
+			p.mu.Lock()
+			again := p.redialWanted && !p.dialing && !p.closed && !now.Before(p.nextDial)
+			if again {
+				p.redialWanted, p.dialing = false, true
+			}
+			prev := p.released
+			p.mu.Unlock()
+			if again {
+				p.dial(prev) // nothing waits in later meanwhile: requests fail at once
+			}
 		}
 	}
 }
