@@ -239,7 +239,8 @@ func (sn *sentinelNode) dial(ctx context.Context) (redis.Conn, error) {
 // the master's address, each within its share of what is left of ctx's
 // deadline (the dial timeout): a dead, hung or unknown sentinel costs at
 // most its share, and the next one is asked. The first that answers is
-// asked first next time; the others keep their order behind it.
+// asked first next time, then those after it, and those that failed
+// before it last.
 func (sn *sentinelNode) masterAddr(ctx context.Context) (string, error) {
 	select {
 	case sn.discover <- struct{}{}:
@@ -261,11 +262,14 @@ func (sn *sentinelNode) masterAddr(ctx context.Context) (string, error) {
 		sn.share.Store(int64(share))
 		addr, err := sn.sentinels[i].MasterAddr()
 		if err == nil {
-			copy(sn.order[1:k+1], sn.order[:k]) // last good first
-			sn.order[0] = i
+			// Last good first; those that failed before it go last.
+			failed := append([]int(nil), sn.order[:k]...)
+			copy(sn.order, sn.order[k:])
+			copy(sn.order[len(sn.order)-k:], failed)
 			return addr, nil
 		}
-		errs = append(errs, fmt.Sprintf("sentinel %s: %v", sn.addrs[i], strings.TrimPrefix(err.Error(), "redlock: ")))
+		msg := strings.TrimPrefix(err.Error(), "redigo: no sentinels available; last error: ") // FZambia's wrapper says nothing here
+		errs = append(errs, fmt.Sprintf("sentinel %s: %s", sn.addrs[i], strings.TrimPrefix(msg, "redlock: ")))
 	}
 	return "", errors.New("redlock: asking the sentinels for the master: " + strings.Join(errs, "; "))
 }
