@@ -602,8 +602,9 @@ func TestIsLockedAfterSentinelFailoverDiscountsThePromotedMastersFree(t *testing
 		g.Name, sentinelDownAfter, sentinelFailoverTimeout, oldAddr, newAddr, promoted.Round(time.Millisecond), reconnected.Round(time.Millisecond))
 	t.Logf("failover window (kill -> first Lock through the group alone, guard off, retried every 20ms): %v (%d attempts)",
 		window.Round(time.Millisecond), pr.attempts)
-	t.Logf("restart guard (default TTL %v): first vote ignored at kill%+v, first Lock at kill%+v: promoted master kept from voting for %v (%d attempts)",
-		guardTTL, gr.guardSeen.Sub(kill).Round(time.Millisecond), gr.at.Sub(kill).Round(time.Millisecond), quarantine.Round(time.Millisecond), gr.attempts)
+	t.Logf("restart guard (default TTL %v): first vote ignored at kill%+v, first Lock at kill%+v (%v after the unguarded one): promoted master kept from voting for %v (%d attempts)",
+		guardTTL, gr.guardSeen.Sub(kill).Round(time.Millisecond), gr.at.Sub(kill).Round(time.Millisecond), gr.at.Sub(pr.at).Round(time.Millisecond),
+		quarantine.Round(time.Millisecond), gr.attempts)
 	require.LessOrEqual(t, window, promoted+slack, "the group took Locks again only %v after the kill, long after the promotion (%v)", window, promoted)
 	// The quarantine starts when the new connection's hello reads the new
 	// run_id. That connection may have been dialled during an earlier

@@ -85,8 +85,8 @@ var (
 
 const (
 	minDialBackoff = 20 * time.Millisecond
-	maxDialBackoff = time.Second
-	maxInFlight    = 1 << 14 // queued + unanswered requests per pipe
+	maxDialBackoff = 250 * time.Millisecond // a failed-over node is found again within this of its promotion
+	maxInFlight    = 1 << 14                // queued + unanswered requests per pipe
 )
 
 // Pipe is the transport of one node. It is safe for concurrent use.
