@@ -191,10 +191,9 @@ func (c *call) acked(v nodeVote, ack interface{}) nodeVote {
 	}
 	switch {
 	case err != nil:
-		return nodeVote{node: v.node, err: fmt.Errorf("redlock: WAIT for replica acknowledgement: %w", err)}
+		v.ok, v.err = false, fmt.Errorf("redlock: WAIT for replica acknowledgement: %w", err)
 	case n < c.n.acks:
-		return nodeVote{node: v.node, err: fmt.Errorf("%w: %d of %d replicas acknowledged the write (MinReplicaAcks)",
-			ErrUnavailable, n, c.n.acks)}
+		v.ok, v.err = false, fmt.Errorf("%w: %d of %d replicas acknowledged the write (MinReplicaAcks)", ErrUnavailable, n, c.n.acks)
 	}
 	return v
 }
