@@ -20,11 +20,10 @@ import (
 // The settings every contender gets, so that every difference measured is
 // the library's.
 const (
-	// poolSize is the most connections per node: the redigo pools that
-	// redsync and redlock-pool run on get it explicitly; redlock.Addr nodes
-	// get the library's defaults, whose bound (redlock.DefaultPoolSize) is
-	// the same number. How many connections a library actually opens is
-	// part of what is measured.
+	// poolSize is the most connections per node of the redigo pools that
+	// redsync and redlock-pool run on; redlock.Addr nodes have no pool (one
+	// pipelined connection each). How many connections a library actually
+	// opens is part of what is measured.
 	poolSize = 64
 	// nodeTimeout bounds one command on one node: redlock's
 	// WithNodeTimeout, and the redigo pools' connect/read/write timeouts

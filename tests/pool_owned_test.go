@@ -234,6 +234,35 @@ func (e *ownedErrs) String() string {
 	return fmt.Sprintf("%d failed, first: %v", e.n, errors.Join(e.first...))
 }
 
+// ownedRun runs workers goroutines that cycle Lock+Unlock on resources
+// prefix-<g> while more(i) says so for their i-th cycle, records the
+// failures in errs and returns how many cycles ran.
+func ownedRun(ctx context.Context, m *redlock.Manager, workers int, prefix string, ttl time.Duration,
+	more func(i int) bool, errs *ownedErrs) int64 {
+	var cycles atomic.Int64
+	var wg sync.WaitGroup
+	for g := 0; g < workers; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; more(i) && ctx.Err() == nil; i++ {
+				if err := ownedCycle(ctx, m, fmt.Sprintf("%s-%d", prefix, g), ttl); err != nil {
+					errs.add(err)
+				}
+				cycles.Add(1)
+			}
+		}(g)
+	}
+	wg.Wait()
+	return cycles.Load()
+}
+
+// ownedFor is ownedRun's more for a run of d from now.
+func ownedFor(d time.Duration) func(int) bool {
+	deadline := time.Now().Add(d)
+	return func(int) bool { return time.Now().Before(deadline) }
+}
+
 // ownedCycle takes and releases resource once; an error names the step.
 func ownedCycle(ctx context.Context, m *redlock.Manager, resource string, ttl time.Duration) error {
 	l, err := m.Lock(ctx, resource, ttl)
@@ -364,25 +393,10 @@ func TestCallerPoolHoldsOneConnectionUnderLoad(t *testing.T) {
 
 	const workers = 64
 	var errs ownedErrs
-	var cycles atomic.Int64
-	var wg sync.WaitGroup
-	deadline := time.Now().Add(1500 * time.Millisecond)
-	for g := 0; g < workers; g++ {
-		wg.Add(1)
-		go func(g int) {
-			defer wg.Done()
-			for time.Now().Before(deadline) && ctx.Err() == nil {
-				if err := ownedCycle(ctx, m, fmt.Sprintf("owned-load-%d", g), 5*time.Second); err != nil {
-					errs.add(err)
-				}
-				cycles.Add(1)
-			}
-		}(g)
-	}
-	wg.Wait()
+	cycles := ownedRun(ctx, m, workers, "owned-load", 5*time.Second, ownedFor(1500*time.Millisecond), &errs)
 	stop()
 	coreClose(t, m, 5*time.Second)
-	t.Logf("%d cycles by %d goroutines", cycles.Load(), workers)
+	t.Logf("%d cycles by %d goroutines", cycles, workers)
 	require.Zero(t, sampleErrs.count(), "sampling CLIENT LIST: %s", &sampleErrs)
 	for i, s := range servers {
 		t.Logf("%s: at most %d connections from the Manager, pool dialled %d", s, clients[i].get(), pools[i].dials.Load())
@@ -407,19 +421,7 @@ func TestCallerPoolMaxActiveTwoIsEnough(t *testing.T) {
 	ctx := coreCtx(t, 30*time.Second)
 
 	var errs ownedErrs
-	var wg sync.WaitGroup
-	for g := 0; g < 8; g++ {
-		wg.Add(1)
-		go func(g int) {
-			defer wg.Done()
-			for i := 0; i < 20; i++ {
-				if err := ownedCycle(ctx, holder, fmt.Sprintf("owned-two-%d", g), 2*time.Second); err != nil {
-					errs.add(err)
-				}
-			}
-		}(g)
-	}
-	wg.Wait()
+	ownedRun(ctx, holder, 8, "owned-two", 2*time.Second, func(i int) bool { return i < 20 }, &errs)
 	require.Zero(t, errs.count(), "Lock+Unlock over pools with MaxActive 2 failed: %s", &errs)
 
 	h, err := holder.Lock(ctx, "owned-two-shared", 10*time.Second)
@@ -618,29 +620,14 @@ func TestCallerPoolPausedNodeDoesNotPileUp(t *testing.T) {
 	defer stopG()
 
 	var errs ownedErrs
-	var cycles atomic.Int64
-	var wg sync.WaitGroup
-	deadline := time.Now().Add(2 * time.Second)
-	for g := 0; g < workers; g++ {
-		wg.Add(1)
-		go func(g int) {
-			defer wg.Done()
-			for time.Now().Before(deadline) && ctx.Err() == nil {
-				if err := ownedCycle(ctx, m, fmt.Sprintf("owned-paused-%d", g), 5*time.Second); err != nil {
-					errs.add(err)
-				}
-				cycles.Add(1)
-			}
-		}(g)
-	}
-	wg.Wait()
+	cycles := ownedRun(ctx, m, workers, "owned-paused", 5*time.Second, ownedFor(2*time.Second), &errs)
 	stopActive()
 	stopG()
 	require.NoError(t, paused.Resume(), "SIGCONT node 4")
 	coreClose(t, m, 5*time.Second)
 
 	t.Logf("%d cycles; paused node's pool: %d dials, at most %d open (sampled ActiveCount max %d); goroutines: baseline %d, max %d",
-		cycles.Load(), pools[4].dials.Load(), pools[4].maxOpen.get(), maxActive[0].get(), baseline, goroutines.get())
+		cycles, pools[4].dials.Load(), pools[4].maxOpen.get(), maxActive[0].get(), baseline, goroutines.get())
 	assert.Zero(t, errs.count(), "with one of five nodes paused, Lock+Unlock cycles failed (four live nodes are a quorum): %s", &errs)
 	assert.LessOrEqual(t, pools[4].maxOpen.get(), int64(2),
 		"the paused node's pool had %d connections open at once (want at most 2): calls pile up connections on a node that does not answer",
