@@ -20,7 +20,8 @@ type conn struct {
 	wake     chan struct{} // cap 1: there is something to write
 	readable chan struct{} // cap 1: there is something to read
 	released chan struct{} // closed once c is given up
-	exited   int           // loops that ended (under mu); the second one gives c up
+	exited   int           // loops that ended (under mu); see done
+	gone     bool          // c was given up (under mu)
 
 	mu         sync.Mutex // protects the fields below
 	queue      []entry    // waiting to be written
@@ -98,7 +99,11 @@ func (mc *conn) writeQueued() {
 	mc.mu.Lock()
 	mc.writing = false
 	more := len(mc.queue) > 0
+	last := mc.done() // the loops ended while we wrote (the connection broke)
 	mc.mu.Unlock()
+	if last {
+		mc.giveUp()
+	}
 	if err != nil {
 		mc.fail(err)
 	} else if more {
@@ -392,15 +397,31 @@ func (mc *conn) fail(err error) {
 	}
 }
 
-// exit ends one of the two loops; the second gives the connection up.
+// exit ends one of the two loops; the second gives the connection up,
+// unless a caller is still writing on it (writeQueued then does).
 func (mc *conn) exit() {
 	mc.mu.Lock()
 	mc.exited++
-	last := mc.exited == 2
+	last := mc.done()
 	mc.mu.Unlock()
 	if last {
-		mc.c.Close() // a pooled connection goes back to its pool
-		close(mc.released)
+		mc.giveUp()
 	}
 	mc.p.wg.Done()
+}
+
+// done reports, once, that nothing uses c any more: both loops ended and
+// no caller writes; mc.mu is held.
+func (mc *conn) done() bool {
+	if mc.exited < 2 || mc.writing || mc.gone {
+		return false
+	}
+	mc.gone = true
+	return true
+}
+
+// giveUp closes c (a pooled connection goes back to its pool).
+func (mc *conn) giveUp() {
+	mc.c.Close()
+	close(mc.released)
 }
