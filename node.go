@@ -160,7 +160,7 @@ func (c *call) Done(reply interface{}, err error, ack interface{}) {
 		c.n.wire.Submit(c)
 		return
 	}
-	if err != nil && c.n.sentinel && !c.retried && masterMoved(err) && time.Since(c.sent) < c.r.timeout() {
+	if err != nil && c.n.sentinel && !c.retried && masterMoved(err) && time.Since(c.sent) < c.r.m.cfg.nodeTimeout {
 		// The master moved: the transport has dropped the connection, so
 		// this goes to the master the sentinels name now. Every script is
 		// safe to repeat.
@@ -197,9 +197,6 @@ func (c *call) acked(v nodeVote, ack interface{}) nodeVote {
 	}
 	return v
 }
-
-// timeout is how long a round's request may take, retry included.
-func (r *round) timeout() time.Duration { return r.m.cfg.nodeTimeout }
 
 // submit sends one request of round r to node i; Close waits for it.
 func (m *Manager) submit(r *round, i int, cmd string, args []interface{}, s *luaScript,

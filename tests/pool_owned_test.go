@@ -234,6 +234,31 @@ func (e *ownedErrs) String() string {
 	return fmt.Sprintf("%d failed, first: %v", e.n, errors.Join(e.first...))
 }
 
+// ownedHandoff unlocks h after 100ms while waiter (whose retry delay is
+// seconds) waits for resource, and requires the waiter to get the lock
+// within 1s: it was woken by the release. why says what a failure means.
+func ownedHandoff(t *testing.T, ctx context.Context, h *redlock.Lock, waiter *redlock.Manager, resource, why string) {
+	t.Helper()
+	unlocked := make(chan error, 1)
+	time.AfterFunc(100*time.Millisecond, func() { unlocked <- h.Unlock(ctx) })
+	// Bounded: without a wake-up the waiter would sleep its retry delay.
+	wctx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	l, err := waiter.Lock(wctx, resource, 10*time.Second)
+	elapsed := time.Since(start)
+	select {
+	case uerr := <-unlocked:
+		require.NoError(t, uerr, "holder's Unlock")
+	case <-time.After(5 * time.Second):
+		t.Fatal("holder's Unlock has not returned after 5s")
+	}
+	require.NoError(t, err, "the waiter's Lock %s did not get the lock within %v, though the holder released it after 100ms: it was not woken by the release",
+		why, elapsed.Round(time.Millisecond))
+	require.Less(t, elapsed, time.Second, "the waiter took %v (release after 100ms): it waited its retry delay instead of being woken by the release", elapsed)
+	require.NoError(t, l.Unlock(ctx), "waiter's Unlock")
+}
+
 // ownedRun runs workers goroutines that cycle Lock+Unlock on resources
 // prefix-<g> while more(i) says so for their i-th cycle, records the
 // failures in errs and returns how many cycles ran.
@@ -428,24 +453,8 @@ func TestCallerPoolMaxActiveTwoIsEnough(t *testing.T) {
 	require.NoError(t, err, "holder's Lock on free nodes")
 	harness.WaitFor(t, 2*time.Second, func() bool { return coreHolders(t, dbs, "owned-two-shared", h.Token()) == 3 },
 		"the holder's key did not reach every node")
-	unlocked := make(chan error, 1)
-	time.AfterFunc(100*time.Millisecond, func() { unlocked <- h.Unlock(ctx) })
-	wctx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
-	defer cancel()
-	start := time.Now()
-	l, err := waiter.Lock(wctx, "owned-two-shared", 10*time.Second)
-	elapsed := time.Since(start)
-	select {
-	case uerr := <-unlocked:
-		require.NoError(t, uerr, "holder's Unlock")
-	case <-time.After(5 * time.Second):
-		t.Fatal("holder's Unlock has not returned after 5s")
-	}
-	require.NoError(t, err,
-		"the waiter's Lock over pools with MaxActive 2 did not get the lock within %v, though the holder released it after 100ms: it was not woken by the release (a third connection needed, or no Pub/Sub on caller pools; the retry delay is 3s)",
-		elapsed.Round(time.Millisecond))
-	require.Less(t, elapsed, time.Second, "the waiter took %v: it waited its retry delay instead of being woken by the release", elapsed)
-	require.NoError(t, l.Unlock(ctx), "waiter's Unlock")
+	ownedHandoff(t, ctx, h, waiter, "owned-two-shared",
+		"over pools with MaxActive 2 (a third connection needed, or no Pub/Sub on caller pools; the retry delay is 3s)")
 
 	coreClose(t, holder, 5*time.Second)
 	coreClose(t, waiter, 5*time.Second)
@@ -502,26 +511,7 @@ func TestCallerPoolReleaseWakesWaiter(t *testing.T) {
 	require.NoError(t, err, "holder's Lock on free nodes")
 	harness.WaitFor(t, 2*time.Second, func() bool { return coreHolders(t, dbs, resource, h.Token()) == 3 },
 		"the holder's key did not reach every node")
-	unlocked := make(chan error, 1)
-	time.AfterFunc(100*time.Millisecond, func() { unlocked <- h.Unlock(ctx) })
-
-	// Bounded: without a wake-up the waiter would sleep 5s.
-	wctx, cancel := context.WithTimeout(ctx, 1500*time.Millisecond)
-	defer cancel()
-	start := time.Now()
-	l, err := waiter.Lock(wctx, resource, 10*time.Second)
-	elapsed := time.Since(start)
-	select {
-	case uerr := <-unlocked:
-		require.NoError(t, uerr, "holder's Unlock")
-	case <-time.After(5 * time.Second):
-		t.Fatal("holder's Unlock has not returned after 5s")
-	}
-	require.NoError(t, err,
-		"the waiter's Lock over caller pools did not get the lock within %v, though the holder released it after 100ms: the release did not wake it (no Pub/Sub wake-up for caller pools; its retry delay is 5s)",
-		elapsed.Round(time.Millisecond))
-	require.Less(t, elapsed, time.Second, "the waiter took %v (release after 100ms): it was not woken by the release", elapsed)
-	require.NoError(t, l.Unlock(ctx), "waiter's Unlock")
+	ownedHandoff(t, ctx, h, waiter, resource, "over caller pools (no Pub/Sub wake-up for caller pools; its retry delay is 5s)")
 	coreClose(t, holder, 5*time.Second)
 	coreClose(t, waiter, 5*time.Second)
 	for _, p := range append(holderPools, waiterPools...) {
