@@ -12,14 +12,14 @@ export GOWORK
 
 # Modules besides the root: tests/ always; bench/ and cmd/ when they have
 # their own go.mod.
-SUBMODULES := $(patsubst %/go.mod,%,$(wildcard tests/go.mod bench/go.mod cmd/redlock/go.mod))
+SUBMODULES := $(patsubst %/go.mod,%,$(wildcard tests/go.mod bench/go.mod cmd/redlock/go.mod otel/go.mod))
 # Modules with tests to run (bench/ holds benchmarks only: see make bench).
 TESTMODULES := $(filter-out bench,$(SUBMODULES))
 
 # All Go files that gofmt must accept (testdata is not Go to the go tool).
 GOFILES = $(shell find . -name '*.go' -not -path './.git/*' -not -path '*/testdata/*' -not -path '*/vendor/*')
 
-.PHONY: test generate check demo bench
+.PHONY: test test-docker generate check demo bench
 
 ## test: install Redis if needed, then run every test against real redis-server processes
 test:
@@ -33,6 +33,13 @@ test:
 	done; \
 	if [ $$status -ne 0 ]; then echo "make test: FAIL"; else echo "make test: ok"; fi; \
 	exit $$status
+
+## test-docker: the integration suite (tests/: core, Sentinel, the fault suite's short profile) with every
+## server in a container on a Docker network of its own (REDLOCK_TEST_BACKEND=docker; needs a Docker engine, no registry)
+test-docker:
+	@bash scripts/ensure-redis.sh
+	@echo "== cd tests && REDLOCK_TEST_BACKEND=docker go test $(TESTFLAGS) ./..."
+	@cd tests && REDLOCK_TEST_BACKEND=docker $(GO) test $(TESTFLAGS) ./... && echo "make test-docker: ok" || { echo "make test-docker: FAIL"; exit 1; }
 
 ## generate: regenerate scripts_gen.go from lua/*.lua
 generate:

@@ -12,7 +12,9 @@ import (
 // acquires the lock (as Lock, with ttl 0 meaning the default TTL), runs fn,
 // and releases the lock when fn returns or panics.
 //
-// While fn runs, the lock is extended every third of its ttl. The ctx given
+// While fn runs, the lock is extended every third of its ttl (by the
+// Manager's one keep-alive scheduler, which batches the extensions of all
+// its held locks per node: see keepalive.go). The ctx given
 // to fn is cancelled, with context.Cause(ctx) == ErrLockLost, as soon as an
 // extension fails, the local validity runs out before an extension succeeds,
 // or the Manager is closed. fn should stop its work when that happens.
@@ -55,21 +57,9 @@ func (m *Manager) Hold(ctx context.Context, l *Lock, fn func(ctx context.Context
 // hold runs fn with l kept alive, then releases l.
 func (m *Manager) hold(ctx context.Context, l *Lock, fn func(ctx context.Context) error) (err error) {
 	fctx, cancel := context.WithCancelCause(ctx)
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	if e := m.enter(); e != nil {
-		close(done)
-		cancel(ErrLockLost)
-	} else {
-		go func() {
-			defer m.wg.Done()
-			defer close(done)
-			m.keepAlive(fctx, l, cancel, stop)
-		}()
-	}
+	e := m.keep(l, cancel) // keepalive.go: the Manager's one scheduler
 	defer func() {
-		close(stop)
-		<-done
+		m.unkeep(e)
 		lost := errors.Is(context.Cause(fctx), ErrLockLost)
 		cancel(context.Canceled)
 		uctx, ucancel := context.WithTimeout(context.WithoutCancel(ctx), 2*m.cfg.nodeTimeout)
@@ -82,43 +72,13 @@ func (m *Manager) hold(ctx context.Context, l *Lock, fn func(ctx context.Context
 	return fn(fctx)
 }
 
-// keepAlive extends l every third of its ttl until stop is closed, and
-// cancels fn's ctx with ErrLockLost when an extension fails, when the
-// lock's validity runs out first, or when the Manager closes.
-func (m *Manager) keepAlive(ctx context.Context, l *Lock, cancel context.CancelCauseFunc, stop <-chan struct{}) {
-	interval := l.ttl / 3
-	tick := time.NewTicker(interval)
-	defer tick.Stop()
-	expiry := time.NewTimer(time.Until(l.Until()))
-	defer expiry.Stop()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-ctx.Done():
-			return
-		case <-m.closing:
-			cancel(ErrLockLost)
-			return
-		case <-expiry.C:
-			cancel(ErrLockLost)
-			return
-		case <-tick.C:
-			// The extension may wait for slow nodes up to the node
-			// timeout; the lock is lost the moment its validity ends,
-			// so that is the extension's deadline too.
-			ectx, ecancel := context.WithDeadline(ctx, l.Until())
-			err := m.Extend(ectx, l, 0)
-			ecancel()
-			if err != nil {
-				cancel(lostError{err})
-				return
-			}
-			if !expiry.Stop() {
-				<-expiry.C
-			}
-			expiry.Reset(time.Until(l.Until()))
-		}
+// errValidityEnded: the lock's validity ended before an extension succeeded.
+var errValidityEnded = errors.New("redlock: the lock's validity ended before it could be extended")
+
+// lost reports to the observers that Do or Hold lost l.
+func (m *Manager) lost(l *Lock, err error) {
+	if m.observed() {
+		m.emit(Event{Kind: EventLockLost, Resource: l.keys[0], Err: err})
 	}
 }
 

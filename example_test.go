@@ -111,7 +111,31 @@ func ExampleScripts() {
 	// acquire -1
 	// acquire_fenced 2
 	// extend -1
+	// extend_many -1
 	// fence 2
 	// inspect 1
 	// release -1
+}
+
+// Top-up is on by default: a lock won on a bare majority under contention
+// goes on to take the free nodes, so that one node whose clock misbehaves
+// cannot hand it to another holder. NodesHeld says how many hold it now.
+func ExampleLock_NodesHeld() {
+	ctx := context.Background()
+	m, err := redlock.New([]redlock.Instance{
+		redlock.Addr("localhost:6379"), redlock.Addr("localhost:6380"), redlock.Addr("localhost:6381"),
+		redlock.Addr("localhost:6382"), redlock.Addr("localhost:6383"),
+	}) // redlock.WithTopUp(false) would keep the bare majority
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer m.Close()
+	l, err := m.Lock(ctx, "report", 30*time.Second)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer l.Unlock(ctx)
+	// 3 right after a contended Lock; 5 once the contenders' keys are gone.
+	// Held on k of 5 nodes, the lock survives k-3 of them forgetting it.
+	fmt.Println(l.NodesHeld(), "of", len(m.Nodes()), "nodes hold the lock")
 }

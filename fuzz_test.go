@@ -101,6 +101,9 @@ var replyDecoders = []struct {
 	{name: "acquire", array: acquireReply},
 	{name: "acquire_fenced", array: acquireFencedReply},
 	{name: "extend", number: extendReply},
+	// One element per key: fuzzed as a call of three keys, which is what
+	// declaredArity reads from "{flag_1, ..., flag_n}".
+	{name: "extend_many", array: func(reply interface{}, err error) ([]interface{}, error) { return extendManyReply(reply, err, 3) }},
 	{name: "fence", number: fenceReply},
 	{name: "inspect", array: inspectReply},
 	{name: "release", number: releaseReply},

@@ -37,19 +37,21 @@ type restartGuard struct {
 }
 
 // observe records the run_id read on a new connection ("" when the node
-// did not report one) and starts a quarantine when it changed. A nil guard
-// (restart guard off) does nothing.
-func (g *restartGuard) observe(id string) {
+// did not report one) and starts a quarantine when it changed; it reports
+// whether it did. A nil guard (restart guard off) does nothing.
+func (g *restartGuard) observe(id string) bool {
 	if g == nil || id == "" {
-		return // off, or a node that refuses INFO or reports no run_id: nothing to watch
+		return false // off, or a node that refuses INFO or reports no run_id: nothing to watch
 	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.runID != "" && g.runID != id {
+	changed := g.runID != "" && g.runID != id
+	if changed {
 		g.until = time.Now().Add(g.maxTTL())
 		g.armed.Store(true)
 	}
 	g.runID = id
+	return changed
 }
 
 // quarantined reports whether the node's votes must be ignored now.

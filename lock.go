@@ -8,6 +8,7 @@ import (
 	"fmt"
 	mrand "math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -68,8 +69,32 @@ func (m *Manager) LockMulti(ctx context.Context, resources []string, ttl time.Du
 	return m.lock(ctx, resources, ttl, opts)
 }
 
-// lock is Lock and LockMulti. keys is only read: the Lock keeps a copy.
+// lock is Lock and LockMulti, observed.
 func (m *Manager) lock(ctx context.Context, keys []string, ttl time.Duration, opts []LockOption) (*Lock, error) {
+	ctx, or := m.opStart(ctx, OpLock, firstOf(keys))
+	l, err := m.acquire(ctx, keys, ttl, opts, or)
+	if or != nil {
+		if l != nil {
+			l.count()
+			or.end.Held = 1
+		}
+		m.opEnd(ctx, or, err)
+	}
+	return l, err
+}
+
+// firstOf returns the first resource, "" when there is none.
+func firstOf(keys []string) string {
+	if len(keys) == 0 {
+		return ""
+	}
+	return keys[0]
+}
+
+// acquire is Lock and LockMulti; or (nil without observers) gets the
+// attempts and the deciding round. keys is only read: the Lock keeps a
+// copy.
+func (m *Manager) acquire(ctx context.Context, keys []string, ttl time.Duration, opts []LockOption, or *opRun) (*Lock, error) {
 	o := applyLockOptions(opts)
 	ttl, err := m.checkCall(keys, ttl)
 	if err == nil && m.cfg.fencing && len(keys) > 1 {
@@ -104,10 +129,43 @@ func (m *Manager) lock(ctx context.Context, keys []string, ttl time.Duration, op
 			cleanup.release()
 		}
 	}()
-	for attempt := 1; ; attempt++ {
-		l, qe, rel := m.tryLock(ctx, keys, token, ttl)
+	first := 1
+	queued := len(keys) == 1 // see queue.go
+	var got *Lock
+	var local chan struct{} // wakes the head when this Manager's own lock is released
+	if queued {
+		shared, err := m.join(ctx, keys[0])
+		if err != nil {
+			return nil, err
+		}
+		defer func() { m.leave(keys[0], got) }()
+		first += shared
+	}
+	for attempt := first; ; attempt++ {
+		if or != nil {
+			or.end.Attempts = attempt
+		}
+		if h := m.heldHere(keys[0], queued, &local); h != nil {
+			// Held by this Manager: wait for its Unlock instead of asking
+			// the nodes; the wait counts as an attempt.
+			qe, alive := m.localAttempt(ctx, h, keys[0], local)
+			m.tried(keys[0], qe)
+			last = qe
+			if !alive || attempt >= m.cfg.retryCount {
+				break
+			}
+			continue
+		}
+		l, qe, rel := m.tryLock(ctx, keys, token, ttl, or)
 		if qe == nil {
+			got = l
 			return l, nil
+		}
+		if queued {
+			m.tried(keys[0], qe)
+		}
+		if or != nil {
+			or.failed(qe)
 		}
 		if custom {
 			cleanup = rel
@@ -123,11 +181,16 @@ func (m *Manager) lock(ctx context.Context, keys []string, ttl time.Duration, op
 			break
 		}
 		delay := m.retryDelay()
-		if w == nil && errors.Is(qe, ErrLocked) {
+		locked := errors.Is(qe, ErrLocked)
+		split := locked && qe.Votes > 0 && w != nil
+		if w == nil && locked {
 			// Contention: listen for the holder's release, then retry at
 			// once, so that a release between the attempt and the
 			// subscription is not missed.
 			w = m.notify.wait(keys)
+			if queued {
+				m.waitWake(keys[0], w.wake)
+			}
 			if !m.sleep(ctx, m.cfg.nodeTimeout, w.ready) {
 				break
 			}
@@ -136,6 +199,13 @@ func (m *Manager) lock(ctx context.Context, keys []string, ttl time.Duration, op
 		var wake chan struct{}
 		if w != nil {
 			wake = w.wake
+		}
+		if split {
+			// The votes were split with other contenders, all woken by
+			// the same release: the nodes are free again the moment the
+			// losers' releases land. A short random wait breaks the tie,
+			// instead of a full retry delay or another retry at once.
+			delay, wake = splitJitter(m.cfg.retryMin), nil
 		}
 		if delay > 0 && !m.sleep(ctx, delay, wake) {
 			break
@@ -210,6 +280,12 @@ func newToken() (string, error) {
 	return string(out[:]), nil
 }
 
+// splitJitter is the wait after split votes: 1-5 ms, at most the retry
+// delay.
+func splitJitter(retryMin time.Duration) time.Duration {
+	return min(time.Millisecond+mrand.N(4*time.Millisecond), max(retryMin, time.Millisecond))
+}
+
 func (m *Manager) retryDelay() time.Duration {
 	lo, hi := m.cfg.retryMin, m.cfg.retryMax
 	if hi <= lo {
@@ -242,7 +318,7 @@ func (m *Manager) drift(ttl time.Duration) time.Duration {
 
 // tryLock is one attempt of the algorithm. A failed attempt returns the
 // round of its release, which a caller-chosen token waits for.
-func (m *Manager) tryLock(ctx context.Context, keys []string, token string, ttl time.Duration) (*Lock, *QuorumError, *round) {
+func (m *Manager) tryLock(ctx context.Context, keys []string, token string, ttl time.Duration, or *opRun) (*Lock, *QuorumError, *round) {
 	start := time.Now()
 	ttlMS := ttl.Milliseconds()
 	var r *round
@@ -264,9 +340,15 @@ func (m *Manager) tryLock(ctx context.Context, keys []string, token string, ttl 
 	}
 	validity := ttl - time.Since(start) - m.drift(ttl)
 	if failed == r && r.ok >= m.quorum && validity > 0 {
-		return newLock(m, keys, token, ttl, fence, start.Add(ttl-m.drift(ttl))), nil, nil
+		l := newLock(m, keys, token, ttl, fence, start.Add(ttl), start.Add(ttl-m.drift(ttl)))
+		r.track(l, true)
+		or.round(r)
+		return l, nil, nil
 	}
 	cleanup := m.releaseAfter(r, keys, token)
+	if m.observed() {
+		m.emit(Event{Kind: EventCleanup, Resource: keys[0]})
+	}
 	qe := failed.quorumError("lock", keys[0], ErrNotAcquired)
 	if failed.ok >= m.quorum {
 		qe.extra = append(qe.extra, errTooSlow)
@@ -283,6 +365,27 @@ func (m *Manager) tryLock(ctx context.Context, keys []string, token string, ttl 
 // fails at once with ErrNotHeld. A nil lock or ttl < 0 matches
 // ErrInvalidArgument.
 func (m *Manager) Extend(ctx context.Context, l *Lock, ttl time.Duration) error {
+	ctx, or := m.opStart(ctx, OpExtend, lockResource(l))
+	err := m.extend(ctx, l, ttl, or)
+	if or != nil {
+		if err != nil && l != nil && l.m == m && !l.Valid() && l.uncount() {
+			or.end.Held = -1 // lost
+		}
+		m.opEnd(ctx, or, err)
+	}
+	return err
+}
+
+// lockResource is l's first resource, "" for a nil lock.
+func lockResource(l *Lock) string {
+	if l == nil {
+		return ""
+	}
+	return l.keys[0]
+}
+
+// extend is Extend; or is nil without observers.
+func (m *Manager) extend(ctx context.Context, l *Lock, ttl time.Duration, or *opRun) error {
 	if l == nil {
 		return invalidf("nil lock")
 	}
@@ -311,7 +414,9 @@ func (m *Manager) Extend(ctx context.Context, l *Lock, ttl time.Duration) error 
 	defer r.release()
 	validity := ttl - time.Since(start) - m.drift(ttl)
 	if r.ok >= m.quorum && validity > 0 {
-		l.extended(start.Add(ttl - m.drift(ttl)))
+		l.extended(start.Add(ttl), start.Add(ttl-m.drift(ttl)))
+		r.track(l, true) // the nodes that lost the key are topped up again
+		or.round(r)
 		return nil
 	}
 	l.invalidate()
@@ -332,6 +437,19 @@ func (m *Manager) Extend(ctx context.Context, l *Lock, ttl time.Duration) error 
 // token (it expired or was taken over), the error matches ErrNotHeld and is
 // a *QuorumError. A nil lock matches ErrInvalidArgument.
 func (m *Manager) Unlock(ctx context.Context, l *Lock) error {
+	ctx, or := m.opStart(ctx, OpUnlock, lockResource(l))
+	err := m.unlock(ctx, l, or)
+	if or != nil {
+		if l != nil && l.m == m && l.isReleased() && l.uncount() {
+			or.end.Held = -1
+		}
+		m.opEnd(ctx, or, err)
+	}
+	return err
+}
+
+// unlock is Unlock; or is nil without observers.
+func (m *Manager) unlock(ctx context.Context, l *Lock, or *opRun) error {
 	if l == nil {
 		return invalidf("nil lock")
 	}
@@ -342,10 +460,23 @@ func (m *Manager) Unlock(ctx context.Context, l *Lock) error {
 		return err
 	}
 	defer m.wg.Done()
+	// Under l.order, so that a top-up either was queued before this
+	// release on every node (and its keys are deleted with the others) or
+	// sees the lock released and queues nothing.
+	l.order.Lock()
 	l.markUnlocked()
+	l.order.Unlock()
 	r := m.fanout(ctx, quorum, "EVALSHA", &releaseScript, releaseArgs(l.keys, l.token), voteRelease(len(l.keys)), unguarded)
 	defer r.release()
+	if len(l.keys) == 1 {
+		// This Manager's next Lock of the resource may go now. Not
+		// sooner: the other Managers' waiters hear of the release when
+		// it has run on the nodes, and the first to try should not
+		// always be ours.
+		m.released(l.keys[0], l)
+	}
 	if r.ok >= m.quorum {
+		or.round(r)
 		return nil
 	}
 	qe := r.quorumError("unlock", l.keys[0], ErrNotHeld)
@@ -364,14 +495,23 @@ type Lock struct {
 	ttl        time.Duration
 	fenceToken int64 // with WithFencing; 0 otherwise
 
-	mu       sync.Mutex // protects until and released
+	held  atomic.Uint64 // bit i: node i holds the token, as the last operation saw (see NodesHeld)
+	gone  atomic.Uint64 // bit i: node i's last answer was a node failure (down, hung): left to the next Extend, not topped up
+	order sync.Mutex    // orders a top-up's requests before Unlock's (topup.go)
+
+	mu       sync.Mutex // protects the fields below
 	until    time.Time  // local validity deadline, monotonic
+	expires  time.Time  // the keys' expiry: until plus the drift allowance
 	released bool
+	counted  bool // an observer counted it as held (observe.go: OpEnd.Held)
+	topping  bool // a top-up runs (topup.go)
+	again    bool // an Extend asked the running top-up for another round of tries
 }
 
-// newLock returns a held lock of a copy of keys.
-func newLock(m *Manager, keys []string, token string, ttl time.Duration, fence int64, until time.Time) *Lock {
-	l := &Lock{m: m, token: token, ttl: ttl, fenceToken: fence, until: until}
+// newLock returns a held lock of a copy of keys whose keys expire at
+// expires and whose validity ends at until.
+func newLock(m *Manager, keys []string, token string, ttl time.Duration, fence int64, expires, until time.Time) *Lock {
+	l := &Lock{m: m, token: token, ttl: ttl, fenceToken: fence, expires: expires, until: until}
 	if len(keys) == 1 {
 		l.one[0] = keys[0]
 		l.keys = l.one[:]
@@ -450,8 +590,25 @@ func (l *Lock) invalidate() {
 	l.mu.Unlock()
 }
 
-func (l *Lock) extended(until time.Time) {
+func (l *Lock) extended(expires, until time.Time) {
 	l.mu.Lock()
-	l.until = until
+	l.expires, l.until = expires, until
 	l.mu.Unlock()
+}
+
+// count marks the lock as counted held by the observers.
+func (l *Lock) count() {
+	l.mu.Lock()
+	l.counted = true
+	l.mu.Unlock()
+}
+
+// uncount reports whether the lock was counted held, and clears it: true
+// once per counted lock.
+func (l *Lock) uncount() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	was := l.counted
+	l.counted = false
+	return was
 }

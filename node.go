@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/gomodule/redigo/redis"
@@ -30,6 +31,10 @@ type node struct {
 
 	wire  wire          // the pipelined transport; set by New
 	guard *restartGuard // nil: restart guard off
+
+	events func(Event)   // the Manager's observers (observe.go); nil without
+	down   atomic.Bool   // the last connection attempt failed (EventNodeDown sent)
+	sn     *sentinelNode // Sentinel groups: reports failovers to events
 }
 
 // wire is the transport of one node (internal/pipe): it queues requests,
@@ -41,8 +46,23 @@ type wire interface {
 
 // connect builds n's transport for m.
 func (n *node) connect(m *Manager) {
+	dial := n.dial
+	if n.events != nil {
+		dial = func(ctx context.Context) (redis.Conn, error) {
+			c, err := n.dial(ctx)
+			if err != nil {
+				n.failed(err)
+			}
+			return c, err
+		}
+		if n.sn != nil {
+			n.sn.report = func(old, cur string) {
+				n.events(Event{Kind: EventFailover, Node: n.name, Detail: old + " -> " + cur})
+			}
+		}
+	}
 	o := pipe.Options{
-		Dial:          n.dial,
+		Dial:          dial,
 		Hello:         n.hello,
 		HelloTimeout:  DefaultDialTimeout,
 		Timeout:       m.cfg.nodeTimeout,
@@ -106,15 +126,29 @@ func (n *node) hello(ctx context.Context, c redis.Conn) error {
 	}
 	replies, err := redis.Values(reply, err)
 	if err != nil {
+		n.failed(err)
 		return err
 	}
 	if len(replies) != len(scriptRegistry)+1 {
 		return fmt.Errorf("redlock: %d replies to %d commands", len(replies), len(scriptRegistry)+1)
 	}
 	if info, err := redis.String(replies[len(scriptRegistry)], nil); err == nil {
-		n.guard.observe(infoField(info, "run_id"))
+		if n.guard.observe(infoField(info, "run_id")) && n.events != nil {
+			n.events(Event{Kind: EventQuarantine, Node: n.name})
+		}
+	}
+	if n.events != nil && n.down.Swap(false) {
+		n.events(Event{Kind: EventNodeUp, Node: n.name})
 	}
 	return nil
+}
+
+// failed reports a failed connection attempt: EventNodeDown once, until
+// the node is connected again.
+func (n *node) failed(err error) {
+	if n.events != nil && !n.down.Swap(true) {
+		n.events(Event{Kind: EventNodeDown, Node: n.name, Err: err})
+	}
 }
 
 // call is one request of a round on one node, and the rules that apply to

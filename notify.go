@@ -41,6 +41,7 @@ type waiter struct {
 	wake     chan struct{} // cap 1: a release was announced
 	ready    chan struct{} // closed when a node confirmed the subscription
 	once     sync.Once
+	topUp    bool // a top-up's: woken by every release, without counting as the one woken
 }
 
 func newNotifier(base context.Context, nodes []*node, ping time.Duration) *notifier {
@@ -53,8 +54,14 @@ func newNotifier(base context.Context, nodes []*node, ping time.Duration) *notif
 }
 
 // wait registers a waiter for keys; call w.done when the Lock call ends.
-func (nt *notifier) wait(keys []string) *waiter {
-	w := &waiter{nt: nt, wake: make(chan struct{}, 1), ready: make(chan struct{})}
+func (nt *notifier) wait(keys []string) *waiter { return nt.register(keys, false) }
+
+// watch registers a top-up (topup.go) for keys: every release wakes it,
+// and it never takes a Lock call's wake-up.
+func (nt *notifier) watch(keys []string) *waiter { return nt.register(keys, true) }
+
+func (nt *notifier) register(keys []string, topUp bool) *waiter {
+	w := &waiter{nt: nt, wake: make(chan struct{}, 1), ready: make(chan struct{}), topUp: topUp}
 	var fresh []string
 	nt.mu.Lock()
 	for _, k := range keys {
@@ -100,22 +107,30 @@ func (w *waiter) done() {
 }
 
 // announce handles a message on channel: a confirmed subscription readies
-// every waiter of it; a release wakes ONE of them (map order: arbitrary),
+// every waiter of it; a release wakes every top-up and ONE Lock call
+// (map order: arbitrary),
 // so that the waiters of one Manager do not stampede and split the nodes'
 // votes between them. The others keep their retry delay as a fallback,
 // and the next release wakes the next one.
 func (nt *notifier) announce(channel string, confirmed bool) {
 	nt.mu.Lock()
 	defer nt.mu.Unlock()
+	woke := false // a Lock call was woken
 	for w := range nt.waiters[channel] {
-		if confirmed {
+		switch {
+		case confirmed:
 			w.once.Do(func() { close(w.ready) })
-			continue
-		}
-		select {
-		case w.wake <- struct{}{}:
-			return
-		default: // already woken: wake another
+		case w.topUp:
+			select {
+			case w.wake <- struct{}{}:
+			default:
+			}
+		case !woke:
+			select {
+			case w.wake <- struct{}{}:
+				woke = true
+			default: // already woken: wake another
+			}
 		}
 	}
 }

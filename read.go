@@ -27,6 +27,16 @@ func isHeld(holder string) bool { return holder != "" }
 // cannot decide it, the error matches ErrUnavailable (a *QuorumError with
 // Op "is_locked" and the per-node errors).
 func (m *Manager) IsLocked(ctx context.Context, resource string) (bool, error) {
+	ctx, or := m.opStart(ctx, OpIsLocked, resource)
+	locked, err := m.isLocked(ctx, resource, or)
+	if or != nil {
+		m.opEnd(ctx, or, err)
+	}
+	return locked, err
+}
+
+// isLocked is IsLocked; or is nil without observers.
+func (m *Manager) isLocked(ctx context.Context, resource string, or *opRun) (bool, error) {
 	if _, err := m.checkCall([]string{resource}, time.Millisecond); err != nil {
 		return false, err
 	}
@@ -37,6 +47,7 @@ func (m *Manager) IsLocked(ctx context.Context, resource string) (bool, error) {
 	r := m.inspect(ctx, either, resource, isHeld)
 	defer r.release()
 	if r.ok >= m.quorum {
+		or.round(r)
 		return true, nil
 	}
 	free := 0
@@ -46,6 +57,7 @@ func (m *Manager) IsLocked(ctx context.Context, resource string) (bool, error) {
 		}
 	}
 	if free > len(m.nodes)-m.quorum {
+		or.round(r)
 		return false, nil
 	}
 	qe := r.quorumError("is_locked", resource, ErrUnavailable)
@@ -61,6 +73,20 @@ func (m *Manager) IsLocked(ctx context.Context, resource string) (bool, error) {
 // for Extend(0) is the Manager's default TTL. Otherwise the error matches
 // ErrNotHeld and is a *QuorumError with Op "get".
 func (m *Manager) GetLock(ctx context.Context, resource, token string) (*Lock, error) {
+	ctx, or := m.opStart(ctx, OpGet, resource)
+	l, err := m.getLock(ctx, resource, token, or)
+	if or != nil {
+		if l != nil {
+			l.count()
+			or.end.Held = 1
+		}
+		m.opEnd(ctx, or, err)
+	}
+	return l, err
+}
+
+// getLock is GetLock; or is nil without observers.
+func (m *Manager) getLock(ctx context.Context, resource, token string, or *opRun) (*Lock, error) {
 	if _, err := m.checkCall([]string{resource}, time.Millisecond); err != nil {
 		return nil, err
 	}
@@ -100,7 +126,10 @@ func (m *Manager) GetLock(ctx context.Context, resource, token string) (*Lock, e
 	// The quorum guarantees the smallest remaining ttl among its members.
 	sort.Slice(pttls, func(i, j int) bool { return pttls[i] > pttls[j] })
 	left := pttls[m.quorum-1]
-	return newLock(m, []string{resource}, token, ttl, 0, start.Add(left-m.drift(left))), nil
+	l := newLock(m, []string{resource}, token, ttl, 0, start.Add(left), start.Add(left-m.drift(left)))
+	r.track(l, false) // a handle: its first Extend tops it up
+	or.round(r)
+	return l, nil
 }
 
 // NodeState is what one node says about a resource (see Inspect).
@@ -116,6 +145,16 @@ type NodeState struct {
 // for every node (unlike the locking calls, which stop at the quorum) and
 // changes nothing. Only invalid input is an error.
 func (m *Manager) Inspect(ctx context.Context, resource string) ([]NodeState, error) {
+	ctx, or := m.opStart(ctx, OpInspect, resource)
+	states, err := m.inspectAll(ctx, resource, or)
+	if or != nil {
+		m.opEnd(ctx, or, err)
+	}
+	return states, err
+}
+
+// inspectAll is Inspect; or is nil without observers.
+func (m *Manager) inspectAll(ctx context.Context, resource string, or *opRun) ([]NodeState, error) {
 	if _, err := m.checkCall([]string{resource}, time.Millisecond); err != nil {
 		return nil, err
 	}
@@ -130,6 +169,7 @@ func (m *Manager) Inspect(ctx context.Context, resource string) ([]NodeState, er
 	// unguarded: Inspect reports what each node holds, quarantined or not
 	r := m.fanout(ctx, every, "EVALSHA", &inspectScript, inspectArgs(resource), inspectVoter(isHeld), unguarded)
 	defer r.release()
+	or.round(r)
 	for i := range out {
 		out[i].Err = r.unanswered()
 	}
@@ -158,7 +198,17 @@ func (m *Manager) Inspect(ctx context.Context, resource string) ([]NodeState, er
 // per-node errors, if any node could not load them or returned a digest
 // other than Script.SHA1.
 func (m *Manager) LoadScripts(ctx context.Context) error {
-	loads, err := m.LoadScriptsReport(ctx)
+	ctx, or := m.opStart(ctx, OpLoadScripts, "")
+	err := m.checkScripts(ctx, or)
+	if or != nil {
+		m.opEnd(ctx, or, err)
+	}
+	return err
+}
+
+// checkScripts is LoadScripts; or is nil without observers.
+func (m *Manager) checkScripts(ctx context.Context, or *opRun) error {
+	loads, err := m.loadScripts(ctx, or)
 	if err != nil {
 		return err
 	}
@@ -190,6 +240,16 @@ type ScriptLoad struct {
 // order, for auditing (compare SHA1 with Script.SHA1). Each node gets the
 // node timeout. Only a closed Manager is an error.
 func (m *Manager) LoadScriptsReport(ctx context.Context) ([]ScriptLoad, error) {
+	ctx, or := m.opStart(ctx, OpLoadScripts, "")
+	loads, err := m.loadScripts(ctx, or)
+	if or != nil {
+		m.opEnd(ctx, or, err)
+	}
+	return loads, err
+}
+
+// loadScripts is LoadScriptsReport; or is nil without observers.
+func (m *Manager) loadScripts(ctx context.Context, or *opRun) ([]ScriptLoad, error) {
 	if err := m.enter(); err != nil {
 		return nil, err
 	}
@@ -209,6 +269,7 @@ func (m *Manager) LoadScriptsReport(ctx context.Context) ([]ScriptLoad, error) {
 	}
 	r.collect(ctx)
 	defer r.release()
+	or.round(r)
 	for i := range out {
 		out[i].Err = r.unanswered()
 	}

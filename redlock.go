@@ -61,6 +61,9 @@ type config struct {
 	nodeTimeout  time.Duration
 	fencing      bool
 	restartGuard bool
+	topUp        bool
+	observers    []Observer // WithObserver, WithLogger
+	badObserver  bool       // WithObserver(nil)
 }
 
 // Option configures a Manager. Options are checked by New: an invalid value
@@ -106,6 +109,8 @@ func (c *config) validate() error {
 		return invalidf("negative default TTL %v", c.defaultTTL)
 	case c.nodeTimeout < 0:
 		return invalidf("negative node timeout %v", c.nodeTimeout)
+	case c.badObserver:
+		return invalidf("nil Observer")
 	}
 	if c.defaultTTL == 0 {
 		c.defaultTTL = DefaultTTL
@@ -126,6 +131,7 @@ func (c *config) validate() error {
 type Manager struct {
 	nodes  []*node
 	quorum int
+	all    uint64 // bit i set for every node i
 	cfg    config
 
 	mu      sync.RWMutex   // protects closed; held while adding to wg
@@ -137,6 +143,11 @@ type Manager struct {
 	base       context.Context // for background dials; cancelled by Close
 	cancelBase context.CancelFunc
 	notify     *notifier // wakes Lock calls waiting for a release
+
+	keeper keeper // Do's and Hold's keep-alive (keepalive.go)
+
+	qmu    sync.Mutex            // protects queues
+	queues map[string]*lockQueue // resource -> its local Lock calls (queue.go); nil value: one call, alone
 }
 
 // maxTTLNow is the restart guard's quarantine length.
@@ -165,6 +176,7 @@ func New(instances []Instance, opts ...Option) (*Manager, error) {
 		drift:        DefaultDriftFactor,
 		defaultTTL:   DefaultTTL,
 		restartGuard: true,
+		topUp:        true,
 	}
 	for _, o := range opts {
 		if o == nil {
@@ -182,6 +194,7 @@ func New(instances []Instance, opts ...Option) (*Manager, error) {
 		return nil, invalidf("%d instances: at most %d", len(instances), MaxInstances)
 	}
 	m := &Manager{cfg: cfg, quorum: len(instances)/2 + 1, closing: make(chan struct{})}
+	m.all = ^uint64(0) >> (64 - len(instances)) // MaxInstances is 64
 	m.base, m.cancelBase = context.WithCancel(context.Background())
 	m.maxTTL.Store(int64(cfg.defaultTTL))
 	for i, inst := range instances {
@@ -199,6 +212,9 @@ func New(instances []Instance, opts ...Option) (*Manager, error) {
 		}
 		if cfg.restartGuard {
 			n.guard = &restartGuard{maxTTL: m.maxTTLNow}
+		}
+		if m.observed() {
+			n.events = m.emit
 		}
 		n.connect(m)
 		m.nodes = append(m.nodes, n)

@@ -34,6 +34,16 @@ type round struct {
 	clean   int         // votes against without an error (inspect: free)
 	cut     error       // the caller's ctx ended before the round was decided
 	voteBuf [5]nodeVote // votes' array for up to five nodes
+
+	// For the rounds of a held lock (its acquire, an Extend, a top-up);
+	// protected by mu, also after closed: see track.
+	heard  int    // requests answered
+	lateOK uint64 // nodes that voted ok after the round was closed, before track
+	lateNo uint64 // nodes that answered with a node failure after the round was closed, before track
+	holder *Lock  // set by track: later ok votes (seq 0) mark their node as holding
+	settle bool   // once every request answered, holder is topped up if needed
+
+	background bool // nobody waits for it (a failed attempt's release, a top-up): observers get its node failures
 }
 
 // rule says when a round is decided.
@@ -55,11 +65,17 @@ type nodeVote struct {
 	node    int
 	seq     int // which of the node's requests (rounds with several per node)
 	ok      bool
-	err     error  // nil for ok and for a clean no (inspect: free); ErrLocked, ErrNotHeld, or a node failure
-	pttl    int64  // acquire: the foreign holder's PTTL; inspect: the key's PTTL
-	counter int64  // acquire_fenced: the node's fencing counter
-	text    string // inspect: the token found; SCRIPT LOAD: the digest
+	err     error         // nil for ok and for a clean no (inspect: free); ErrLocked, ErrNotHeld, or a node failure
+	pttl    int64         // acquire: the foreign holder's PTTL; inspect: the key's PTTL
+	counter int64         // acquire_fenced: the node's fencing counter
+	text    string        // inspect: the token found; SCRIPT LOAD: the digest
+	many    []interface{} // extend_many: one flag per key
 }
+
+// failed reports whether the vote is a node failure (down, timed out,
+// stalled, a transport or server error), not an answer: neither a yes nor
+// a refusal because of another token or a missing key.
+func (v nodeVote) failed() bool { return v.err != nil && isNodeFailure(v.err) }
 
 // fanout queues cmd with args on every node and returns once the round is
 // decided by its rule, ctx ends, or the node timeout passes; the other
@@ -117,6 +133,22 @@ func (r *round) release() {
 // wakes the caller if it decides the round.
 func (r *round) vote(v nodeVote) {
 	r.mu.Lock()
+	r.heard++
+	failed := v.failed()
+	if v.seq == 0 {
+		switch {
+		case r.holder != nil:
+			r.holder.saw(v.node, v.ok, failed)
+		case r.closed && v.ok:
+			r.lateOK |= 1 << v.node
+		case r.closed && failed:
+			r.lateNo |= 1 << v.node
+		}
+	}
+	settle := r.settle && r.heard == r.want
+	if failed && (r.closed || r.background) && r.m.observed() {
+		r.m.emit(Event{Kind: EventLateError, Node: r.m.nodes[v.node].name, Err: v.err})
+	}
 	if !r.closed {
 		r.votes = append(r.votes, v)
 		if v.ok {
@@ -132,8 +164,38 @@ func (r *round) vote(v nodeVote) {
 			r.done <- struct{}{} // cap 1, sent once
 		}
 	}
+	holder := r.holder
 	r.mu.Unlock()
+	if settle {
+		r.m.settled(holder)
+	}
 	r.release()
+}
+
+// track makes r's ok votes (seq 0) the nodes that hold l: those recorded,
+// and those that answer later, as they come. With settle, once every node
+// answered, l is topped up (topup.go) if some node does not hold it. It is
+// called once the caller's lock is decided (after collect).
+func (r *round) track(l *Lock, settle bool) {
+	r.mu.Lock()
+	mask, gone := r.lateOK, r.lateNo
+	for _, v := range r.votes {
+		switch {
+		case v.seq != 0:
+		case v.ok:
+			mask |= 1 << v.node
+		case v.failed():
+			gone |= 1 << v.node
+		}
+	}
+	l.held.Store(mask)
+	l.gone.Store(gone)
+	r.holder, r.settle = l, settle
+	now := settle && r.heard == r.want
+	r.mu.Unlock()
+	if now {
+		r.m.settled(l)
+	}
 }
 
 // decided applies the round's rule to the votes so far; r.mu is held.
@@ -223,6 +285,7 @@ func (m *Manager) releaseAfter(r *round, keys []string, token string) *round {
 		}
 	}
 	rr := m.newRound(every, todo)
+	rr.background = true
 	for i := range m.nodes {
 		if !r.refused(i) {
 			m.submit(rr, i, "EVALSHA", args, &releaseScript, voteNone, unguarded, 0)
@@ -363,8 +426,9 @@ func voteRelease1(reply interface{}, err error) nodeVote {
 	return countVote(n, err, 1)
 }
 
-// voteNone ignores the reply (a cleanup nobody waits for).
-func voteNone(interface{}, error) nodeVote { return nodeVote{} }
+// voteNone ignores the reply (a cleanup nobody waits for), but keeps a
+// failure for the observers.
+func voteNone(_ interface{}, err error) nodeVote { return nodeVote{err: err} }
 
 // countVote reads a count of keys our token held: the node agrees when
 // the count is want (every key).

@@ -12,6 +12,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -184,7 +185,7 @@ func (s Sentinel) newNode() (*node, error) {
 			},
 		})
 	}
-	return &node{name: s.String(), dial: sn.dial, interruptible: true, close: sn.close, sentinel: true,
+	return &node{name: s.String(), dial: sn.dial, interruptible: true, close: sn.close, sentinel: true, sn: sn,
 		acks: s.MinReplicaAcks, ackTimeout: orDefault(s.ReplicaAckTimeout, DefaultReplicaAckTimeout)}, nil
 }
 
@@ -200,6 +201,10 @@ type sentinelNode struct {
 	timeout    time.Duration        // dial timeout
 	masterOpts []redis.DialOption
 	share      atomic.Int64 // the sentinel query in progress: its timeout (nanoseconds)
+
+	report   func(old, cur string) // set before the first dial when observed: a new master was dialled
+	masterMu sync.Mutex            // protects master (the transport and the Pub/Sub connection both dial)
+	master   string                // the last master dialled
 }
 
 // close closes the sentinel clients.
@@ -231,6 +236,13 @@ func (sn *sentinelNode) dial(ctx context.Context) (redis.Conn, error) {
 	if !sentinel.TestRole(ctxConn{Conn: c, ctx: ctx}, "master") {
 		c.Close()
 		return nil, fmt.Errorf("%w: %s, named master by the sentinels, does not answer ROLE as a master (failover in progress?)", ErrUnavailable, addr)
+	}
+	sn.masterMu.Lock()
+	old := sn.master
+	sn.master = addr
+	sn.masterMu.Unlock()
+	if old != "" && old != addr && sn.report != nil {
+		sn.report(old, addr)
 	}
 	return c, nil
 }

@@ -154,8 +154,8 @@ var errNoFence = errors.New("redlock: fenced Manager returned a lock with Fence(
 
 // openRedlock opens a Manager over insts with the shared settings, and
 // WithFencing when fenced, and preloads the scripts.
-func openRedlock(tb testing.TB, insts []redlock.Instance, tries int, fenced bool) client {
-	opts := []redlock.Option{redlock.WithNodeTimeout(nodeTimeout), redlock.WithRetryCount(tries)}
+func openRedlock(tb testing.TB, insts []redlock.Instance, tries int, fenced bool, extra ...redlock.Option) client {
+	opts := append([]redlock.Option{redlock.WithNodeTimeout(nodeTimeout), redlock.WithRetryCount(tries)}, extra...)
 	if fenced {
 		opts = append(opts, redlock.WithFencing())
 	}

@@ -25,8 +25,11 @@ const (
 // waiter's Lock returning (0 when the waiter got in first). One op is one
 // whole handoff: the holder's Lock, the hold, the handoff and the waiter's
 // Unlock, so ns/op is not the handoff latency; p50-ms and p99-ms are.
-func BenchmarkHandoff(b *testing.B) {
-	for _, lib := range contenders {
+func BenchmarkHandoff(b *testing.B) { benchmarkHandoff(b, contenders) }
+
+// benchmarkHandoff runs scenario c's sub-benchmarks {lib}.
+func benchmarkHandoff(b *testing.B, libs []contender) {
+	for _, lib := range libs {
 		b.Run(lib.name, func(b *testing.B) {
 			// Two independent clients, each on its own pools.
 			holderPools, waiterPools := newNodePools(), newNodePools()

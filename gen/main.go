@@ -76,10 +76,11 @@ func doMain(root string, write bool) error {
 
 // param is one KEYS or ARGV line of a header.
 type param struct {
-	Index string // "1", "2" or "1..n"
+	Index string // "1", "2", "1..n" or, after ARGV[1..n], "n+1", "n+2"
 	Name  string
 	Type  string // "string" or "int"; empty for keys
 	Doc   string
+	List  bool // ARGV[1..n]: one value per key, a []string or []int64 in Go
 }
 
 // script is one parsed Lua file.
@@ -94,7 +95,8 @@ type script struct {
 	Args     []param
 	Returns  []string
 	Array    bool // replies are {..} arrays
-	Arity    int  // elements of every array reply; 0 for integer replies
+	Arity    int  // elements of every array reply; 0 for integer replies; -1: one per key ({r_1, ..., r_n})
+	ListArgs bool // the first ARGV line is ARGV[1..n]
 }
 
 // generate reads root/lua/*.lua and returns the formatted Go file.
@@ -133,8 +135,9 @@ func generate(root string) ([]byte, error) {
 var (
 	nameRe    = regexp.MustCompile(`^-- ([a-z][a-z0-9_]*): (\S.*)$`)
 	keysRe    = regexp.MustCompile(`^-- KEYS\[(\d+|1\.\.n)\] ([a-z][a-z0-9_]*): (\S.*)$`)
-	argvRe    = regexp.MustCompile(`^-- ARGV\[(\d+)\] ([a-z][a-z0-9_]*) (string|int): (\S.*)$`)
+	argvRe    = regexp.MustCompile(`^-- ARGV\[(\d+|1\.\.n|n\+\d+)\] ([a-z][a-z0-9_]*) (string|int): (\S.*)$`)
 	returnsRe = regexp.MustCompile(`^-- returns: (\S.*)$`)
+	perKeyRe  = regexp.MustCompile(`^\{([a-z][a-z0-9]*)_1, \.\.\., ([a-z][a-z0-9]*)_n\}$`)
 	// reserved holds the Go keywords and the builtins the generated
 	// functions call (ctx and c stay reserved for callers).
 	reserved = map[string]bool{"break": true, "case": true, "chan": true, "const": true, "continue": true,
@@ -224,14 +227,22 @@ func parse(file string, src []byte) (script, error) {
 			if len(s.Returns) > 0 {
 				return fail(ln, "ARGV lines must come before returns lines")
 			}
-			if m[1] != strconv.Itoa(len(s.Args)+1) {
+			list := m[1] == "1..n"
+			switch {
+			case list && (!s.Variadic || len(s.Args) > 0):
+				return fail(ln, "ARGV[1..n] must be the first ARGV line of a KEYS[1..n] script")
+			case list:
+				s.ListArgs = true
+			case s.ListArgs && m[1] != fmt.Sprintf("n+%d", len(s.Args)):
+				return fail(ln, "want ARGV[n+%d], got ARGV[%s]", len(s.Args), m[1])
+			case !s.ListArgs && m[1] != strconv.Itoa(len(s.Args)+1):
 				return fail(ln, "want ARGV[%d], got ARGV[%s]", len(s.Args)+1, m[1])
 			}
 			if msg := badName(m[2]); msg != "" {
 				return fail(ln, "%s", msg)
 			}
 			seen[camel(m[2])] = ln
-			s.Args = append(s.Args, param{Index: m[1], Name: m[2], Type: m[3], Doc: m[4]})
+			s.Args = append(s.Args, param{Index: m[1], Name: m[2], Type: m[3], Doc: m[4], List: list})
 		case strings.HasPrefix(line, "-- returns"):
 			m := returnsRe.FindStringSubmatch(line)
 			if m == nil {
@@ -245,6 +256,9 @@ func parse(file string, src []byte) (script, error) {
 				arity, err := arrayArity(m[1])
 				if err != nil {
 					return fail(ln, "%v in %q", err, m[1])
+				}
+				if arity < 0 && !s.Variadic {
+					return fail(ln, "a reply of one element per key ({r_1, ..., r_n}) needs KEYS[1..n]")
 				}
 				if len(s.Returns) > 0 && arity != s.Arity {
 					return fail(ln, "reply has %d elements but the reply on line %d has %d; every array reply must have the same number", arity, firstReply, s.Arity)
@@ -269,7 +283,8 @@ func parse(file string, src []byte) (script, error) {
 	return s, nil
 }
 
-// arrayArity counts the elements of a reply written "{a, b} doc".
+// arrayArity counts the elements of a reply written "{a, b} doc"; a reply
+// written "{r_1, ..., r_n} doc" has one element per key: -1.
 func arrayArity(reply string) (int, error) {
 	end := strings.Index(reply, "}")
 	if end < 0 {
@@ -277,6 +292,9 @@ func arrayArity(reply string) (int, error) {
 	}
 	if strings.Contains(reply[1:end], "{") {
 		return 0, fmt.Errorf("nested array")
+	}
+	if perKeyRe.MatchString(reply[:end+1]) {
+		return -1, nil
 	}
 	elems := strings.Split(reply[1:end], ",")
 	for _, e := range elems {
@@ -325,14 +343,27 @@ var {{$name}}Script = luaScript{name: "{{.Name}}", source: {{$name}}Source, sha1
 //
 // The caller checks that {{camel (index .Keys 0).Name}} is not empty.
 {{- end}}
+{{- if .ListArgs}} Each ARGV[1..n] list has one value per key, in the keys' order.
+{{- end}}
 {{- if .Variadic}}{{$keys := camel (index .Keys 0).Name}}
-func {{$name}}Args({{$keys}} []string{{range .Args}}, {{camel .Name}} {{gotype .Type}}{{end}}) []interface{} {
+func {{$name}}Args({{$keys}} []string{{range .Args}}, {{camel .Name}} {{if .List}}[]{{end}}{{gotype .Type}}{{end}}) []interface{} {
+	{{- if .ListArgs}}
+	args := make([]interface{}, 0, 2+2*len({{$keys}})+{{len .Args}}-1)
+	{{- else}}
 	args := make([]interface{}, 0, 2+len({{$keys}})+{{len .Args}})
+	{{- end}}
 	args = append(args, {{$name}}Script.sha1Arg, len({{$keys}}))
 	for _, k := range {{$keys}} {
 		args = append(args, k)
 	}
-	{{- if .Args}}
+	{{- range .Args}}{{if .List}}
+	for _, v := range {{camel .Name}} {
+		args = append(args, v)
+	}
+	{{- end}}{{end}}
+	{{- if .ListArgs}}
+	return append(args{{range .Args}}{{if not .List}}, {{camel .Name}}{{end}}{{end}})
+	{{- else if .Args}}
 	return append(args{{range .Args}}, {{camel .Name}}{{end}})
 	{{- else}}
 	return args
@@ -344,15 +375,32 @@ func {{$name}}Args({{range $i, $k := .Keys}}{{if $i}}, {{end}}{{camel $k.Name}} 
 }
 {{- end}}
 
-// {{$name}}Reply decodes a reply of {{.File}}{{if .Array}}, an array of {{.Arity}} elements{{else}}, an integer{{end}}:
+// {{$name}}Reply decodes a reply of {{.File}}{{if lt .Arity 0}}, an array of one element per key{{else if .Array}}, an array of {{.Arity}} elements{{else}}, an integer{{end}}:
 {{- range .Returns}}
 //   - {{.}}
 {{- end}}
 //
 // A non-nil err (a transport error, or an error reply such as NOSCRIPT) is
 // returned as it is, and so is a redis.Error given as reply; any other reply
-// that is not {{if .Array}}an array of {{.Arity}} elements{{else}}an integer{{end}} is an error.
-{{- if .Array}}
+// that is not {{if lt .Arity 0}}an array of keys elements{{else if .Array}}an array of {{.Arity}} elements{{else}}an integer{{end}} is an error.
+{{- if lt .Arity 0}}
+func {{$name}}Reply(reply interface{}, err error, keys int) ([]interface{}, error) {
+	if err != nil {
+		return nil, err
+	}
+	switch reply := reply.(type) {
+	case []interface{}:
+		if len(reply) != keys {
+			return nil, fmt.Errorf("redlock: {{.Name}}: unexpected reply of %d elements for %d keys", len(reply), keys)
+		}
+		return reply, nil
+	case redis.Error:
+		return nil, reply
+	default:
+		return nil, fmt.Errorf("redlock: {{.Name}}: unexpected reply type %T", reply)
+	}
+}
+{{- else if .Array}}
 func {{$name}}Reply(reply interface{}, err error) ([]interface{}, error) {
 	if err != nil {
 		return nil, err

@@ -104,6 +104,9 @@ var extraLua = map[string]string{
 		"-- returns: {1, counter, ttl} taken\n-- returns: {0, pttl, -1} held\n" +
 		"return {1, 0, ARGV[2]}\n",
 	"drop_all.lua": "-- drop_all: delete keys.\n-- KEYS[1..n] keys: the keys\n-- returns: n deleted\nreturn #KEYS\n",
+	"touch_each.lua": "-- touch_each: one value per key.\n-- KEYS[1..n] keys: the keys\n" +
+		"-- ARGV[1..n] values string: a value per key\n-- ARGV[n+1] ttl_ms int: a ttl\n" +
+		"-- returns: {flag_1, ..., flag_n} one flag per key\nreturn {}\n",
 }
 
 // luaDir returns a temp module root whose lua/ holds testdata/ok's scripts
@@ -146,6 +149,11 @@ func TestGenerateEmitsArgsBuildersAndReplyDecoders(t *testing.T) {
 			"\targs = append(args, multiScript.sha1Arg, len(keys))\n",
 		"\treturn append(args, token, ttlMs)\n}",
 		"//   - KEYS[2] counter_key: the counter\n//   - ARGV[1] token: a token\n",
+		"func touchEachArgs(keys []string, values []string, ttlMs int64) []interface{} {\n" +
+			"\targs := make([]interface{}, 0, 2+2*len(keys)+2-1)\n",
+		"\tfor _, v := range values {\n\t\targs = append(args, v)\n\t}\n\treturn append(args, ttlMs)\n}",
+		"func touchEachReply(reply interface{}, err error, keys int) ([]interface{}, error)",
+		"if len(reply) != keys {",
 		"import (\n\t\"fmt\"\n\n\t\"github.com/gomodule/redigo/redis\"\n)\n",
 	} {
 		if !strings.Contains(out, want) {
@@ -192,16 +200,18 @@ func TestGeneratedCodeParses(t *testing.T) {
 		}
 	}
 	want := map[string]string{
-		"dropAllArgs":   "func(keys []string) []interface{}",
-		"dropAllReply":  "func(reply interface{}, err error) (int64, error)",
-		"grabArgs":      "func(key string, counterKey string, token string, ttlMs int64) []interface{}",
-		"grabReply":     "func(reply interface{}, err error) ([]interface{}, error)",
-		"multiArgs":     "func(keys []string, token string, ttlMs int64) []interface{}",
-		"multiReply":    "func(reply interface{}, err error) ([]interface{}, error)",
-		"pingArgs":      "func(key string, otherKey string, label string) []interface{}",
-		"pingReply":     "func(reply interface{}, err error) (int64, error)",
-		"twoWordsArgs":  "func(key string) []interface{}",
-		"twoWordsReply": "func(reply interface{}, err error) (int64, error)",
+		"dropAllArgs":    "func(keys []string) []interface{}",
+		"dropAllReply":   "func(reply interface{}, err error) (int64, error)",
+		"grabArgs":       "func(key string, counterKey string, token string, ttlMs int64) []interface{}",
+		"grabReply":      "func(reply interface{}, err error) ([]interface{}, error)",
+		"multiArgs":      "func(keys []string, token string, ttlMs int64) []interface{}",
+		"multiReply":     "func(reply interface{}, err error) ([]interface{}, error)",
+		"pingArgs":       "func(key string, otherKey string, label string) []interface{}",
+		"pingReply":      "func(reply interface{}, err error) (int64, error)",
+		"twoWordsArgs":   "func(key string) []interface{}",
+		"twoWordsReply":  "func(reply interface{}, err error) (int64, error)",
+		"touchEachArgs":  "func(keys []string, values []string, ttlMs int64) []interface{}",
+		"touchEachReply": "func(reply interface{}, err error, keys int) ([]interface{}, error)",
 	}
 	if !reflect.DeepEqual(sigs, want) {
 		t.Fatalf("generated functions:\n got %v\nwant %v", sigs, want)

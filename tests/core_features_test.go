@@ -216,6 +216,11 @@ func TestLoadScriptsThenOnlyEvalsha(t *testing.T) {
 	l, err := m.Lock(ctx, "control-warmup", 5*time.Second)
 	require.NoError(t, err)
 	require.NoError(t, l.Unlock(ctx))
+	// Lock and Unlock return at the quorum: the last node's connection may
+	// still be opening (a container's, slower). Inspect waits for every
+	// node, so every connection is open before the flush.
+	_, err = m.Inspect(ctx, "control-warmup")
+	require.NoError(t, err)
 	for _, d := range dbs {
 		d.do(t, "SCRIPT", "FLUSH")
 		d.do(t, "CONFIG", "RESETSTAT")

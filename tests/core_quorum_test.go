@@ -29,8 +29,20 @@ var coreStates = []coreNodeState{coreFree, coreForeign, coreDown, corePaused}
 
 // coreMatrixNodeTimeout bounds each command in the matrix; a paused node
 // costs this much per command. It leaves room for a live node to answer on
-// a loaded two-core machine: a live node that times out would not be free.
-const coreMatrixNodeTimeout = 400 * time.Millisecond
+// a loaded two-core machine, where 48 Managers dial their first
+// connections at once (on the docker backend, to containers): a live node
+// that times out would not be free.
+const coreMatrixNodeTimeout = 800 * time.Millisecond
+
+// coreMatrixReruns bounds how often one combination runs again because a
+// live node (free or foreign-held) missed the node timeout: such a run
+// tests nothing about that node's state, since to the Lock call it was a
+// node that did not answer (it happened on CI, 1 combination in 1,088,
+// with the fault suite's containers restarting alongside). The run is
+// still checked for everything that does not depend on the late node: the
+// error's shape, the other nodes' errors, no key left after Close. The
+// whole matrix tolerates four times this many; more is not load.
+const coreMatrixReruns = 3
 
 // TestQuorumMatrix is exhaustive for N=3 and N=5: every assignment of every
 // node to free / held by a foreign token / down / paused. Lock (one attempt)
@@ -84,6 +96,7 @@ func TestQuorumMatrix(t *testing.T) {
 	var (
 		mu                    sync.Mutex
 		successes, failures   int
+		reruns                int
 		slowestLock, slowestC time.Duration
 	)
 	work := make(chan combo)
@@ -97,7 +110,22 @@ func TestQuorumMatrix(t *testing.T) {
 			for c := range work {
 				name := fmt.Sprintf("N%d/%s", c.n, string(c.states))
 				t.Run(name, func(t *testing.T) {
-					ok, lockD, closeD := coreRunCombo(t, c.states, live, paused, dead, dbs)
+					var ok bool
+					var lockD, closeD time.Duration
+					for run := 0; ; run++ {
+						var late string
+						ok, late, lockD, closeD = coreRunCombo(t, c.states, run, live, paused, dead, dbs)
+						if late == "" {
+							break
+						}
+						mu.Lock()
+						reruns++
+						n := reruns
+						mu.Unlock()
+						t.Logf("run %d: %s; the combination runs again", run, late)
+						require.Less(t, run, coreMatrixReruns, "a live node missed the node timeout in %d runs of this combination: %s", run+1, late)
+						require.LessOrEqual(t, n, coreMatrixReruns*4, "%d combinations had a live node miss the node timeout: not load any more (last: %s)", n, late)
+					}
 					mu.Lock()
 					defer mu.Unlock()
 					if ok {
@@ -116,18 +144,24 @@ func TestQuorumMatrix(t *testing.T) {
 	}
 	close(work)
 	wg.Wait()
-	t.Logf("%d combinations in %v: %d acquired, %d refused; slowest Lock %v, slowest Close %v",
-		len(combos), time.Since(start).Round(time.Millisecond), successes, failures, slowestLock, slowestC)
+	t.Logf("%d combinations in %v: %d acquired, %d refused; slowest Lock %v, slowest Close %v; %d runs again after a live node missed the node timeout",
+		len(combos), time.Since(start).Round(time.Millisecond), successes, failures, slowestLock, slowestC, reruns)
 	coreNoLeak(t, ignore)
 }
 
-// coreRunCombo runs one matrix combination and returns whether the lock
-// was acquired and how long Lock and Close took.
-func coreRunCombo(t *testing.T, states []coreNodeState, live, paused []*harness.Server, dead []string, dbs []*coreDB) (bool, time.Duration, time.Duration) {
+// coreRunCombo runs one matrix combination (run counts its earlier runs)
+// and returns whether the lock was acquired and how long Lock and Close
+// took. When a live node missed the node timeout, late says which, the
+// outcome is not judged against the states (it was checked for everything
+// else), and the caller runs the combination again.
+func coreRunCombo(t *testing.T, states []coreNodeState, run int, live, paused []*harness.Server, dead []string, dbs []*coreDB) (ok bool, late string, lockD, closeD time.Duration) {
 	n := len(states)
 	quorum := n/2 + 1
 	fail := n - quorum + 1 // failed votes that make the quorum impossible
 	resource := fmt.Sprintf("matrix/N%d/%s", n, string(states))
+	if run > 0 {
+		resource += fmt.Sprintf("/run%d", run)
+	}
 	const foreignToken = "foreign-token"
 
 	count := map[coreNodeState]int{}
@@ -156,22 +190,47 @@ func coreRunCombo(t *testing.T, states []coreNodeState, live, paused []*harness.
 	ctx := coreCtx(t, 10*time.Second)
 	began := time.Now()
 	l, err := m.Lock(ctx, resource, 10*time.Second)
-	lockD := time.Since(began)
+	lockD = time.Since(began)
+
+	var qe *redlock.QuorumError
+	if errors.As(err, &qe) {
+		for _, ne := range qe.Nodes {
+			if st := stateOf[ne.Node]; (st == coreFree || st == coreForeign) && errors.Is(ne, redlock.ErrUnavailable) {
+				late = fmt.Sprintf("%c node %s did not answer within %v: %v", st, ne.Node, coreMatrixNodeTimeout, ne.Err)
+			}
+		}
+	}
+	if late != "" {
+		require.Nil(t, l, "a failed Lock returned a lock")
+		require.ErrorIs(t, err, redlock.ErrNotAcquired, "a failed Lock must match ErrNotAcquired")
+		require.ErrorIs(t, err, redlock.ErrUnavailable, "a node that did not answer must be reported (ErrUnavailable): %v", err)
+		require.Equal(t, quorum, qe.Needed, "QuorumError.Needed must be N/2+1")
+		require.Less(t, qe.Votes, quorum)
+		require.Len(t, qe.Nodes, fail, "Lock must return as soon as %d nodes failed (quorum impossible), with exactly their errors: %v", fail, err)
+		for _, ne := range qe.Nodes {
+			if st := stateOf[ne.Node]; st == coreDown || st == corePaused {
+				require.ErrorIs(t, ne, redlock.ErrUnavailable, "%c node %s: %v", st, ne.Node, ne.Err)
+			}
+		}
+		closeD = coreClose(t, m, 4*coreMatrixNodeTimeout+2*time.Second)
+		coreCheckMatrixKeys(t, states, dbs, resource, foreignToken, "after a Lock with a late live node and Close")
+		return false, late, lockD, closeD
+	}
 
 	if count[coreFree] >= quorum {
 		require.NoError(t, err, "%d of %d nodes are free (quorum %d): Lock must succeed", count[coreFree], n, quorum)
 		require.True(t, l.Valid(), "lock not valid right after a successful Lock")
 		require.GreaterOrEqual(t, coreHolders(t, dbs[:n], resource, l.Token()), quorum, "fewer than a quorum of live nodes hold the token after Lock")
 		require.NoError(t, m.Unlock(ctx, l), "Unlock after a successful Lock")
-		closeD := coreClose(t, m, 4*coreMatrixNodeTimeout+2*time.Second)
+		closeD = coreClose(t, m, 4*coreMatrixNodeTimeout+2*time.Second)
 		coreCheckMatrixKeys(t, states, dbs, resource, foreignToken, "after Unlock and Close")
-		return true, lockD, closeD
+		return true, "", lockD, closeD
 	}
 
 	require.Error(t, err, "only %d of %d nodes are free (quorum %d): Lock must fail", count[coreFree], n, quorum)
 	require.Nil(t, l, "a failed Lock returned a lock")
 	require.ErrorIs(t, err, redlock.ErrNotAcquired, "a failed Lock must match ErrNotAcquired")
-	qe := coreQuorumError(t, err)
+	qe = coreQuorumError(t, err)
 	require.Equal(t, "lock", qe.Op)
 	require.Equal(t, resource, qe.Resource)
 	require.Equal(t, quorum, qe.Needed, "QuorumError.Needed must be N/2+1")
@@ -211,9 +270,9 @@ func coreRunCombo(t *testing.T, states []coreNodeState, live, paused []*harness.
 		require.True(t, isUnavail, "node failures must be reported (ErrUnavailable): %v", err)
 	}
 
-	closeD := coreClose(t, m, 4*coreMatrixNodeTimeout+2*time.Second)
+	closeD = coreClose(t, m, 4*coreMatrixNodeTimeout+2*time.Second)
 	coreCheckMatrixKeys(t, states, dbs, resource, foreignToken, "after a failed Lock and Close")
-	return false, lockD, closeD
+	return false, "", lockD, closeD
 }
 
 // coreCheckMatrixKeys checks that the free nodes do not hold the resource

@@ -126,6 +126,8 @@ func TestFencedStoreRejectsPausedHolder(t *testing.T) {
 
 // splitBrainSetup leaves lock A held on nodes 0 and 1 only and then
 // restarts node 0 without persistence: only node 1 still remembers A.
+// The holder must have top-up off (WithTopUp(false)), or it would take
+// node 2 once it is free: the setup is the bare majority top-up removes.
 func splitBrainSetup(t *testing.T, servers []*harness.Server, holder *redlock.Manager, observers ...*redlock.Manager) *redlock.Lock {
 	ctx := context.Background()
 	for _, m := range observers { // the observers know every node's run_id
@@ -155,7 +157,7 @@ func splitBrainSetup(t *testing.T, servers []*harness.Server, holder *redlock.Ma
 
 func TestRestartGuardIgnoresRestartedNodeVotes(t *testing.T) {
 	servers := harness.StartN(t, 3, harness.Options{})
-	holder := newManager(t, servers)
+	holder := newManager(t, servers, redlock.WithTopUp(false)) // see splitBrainSetup
 	guarded := newManager(t, servers, redlock.WithRetryCount(1), redlock.WithDefaultTTL(1500*time.Millisecond))
 	a := splitBrainSetup(t, servers, holder, guarded)
 	ctx := context.Background()
@@ -182,7 +184,7 @@ func TestRestartGuardIgnoresRestartedNodeVotes(t *testing.T) {
 // while the first still holds the lock, and the checker sees it.
 func TestWithoutRestartGuardTheHazardIsReal(t *testing.T) {
 	servers := harness.StartN(t, 3, harness.Options{})
-	holder := newManager(t, servers)
+	holder := newManager(t, servers, redlock.WithTopUp(false)) // see splitBrainSetup
 	unguarded := newManager(t, servers, redlock.WithRetryCount(1), redlock.WithRestartGuard(false))
 	a := splitBrainSetup(t, servers, holder, unguarded)
 	ctx := context.Background()

@@ -80,6 +80,11 @@ func sentinelInfo(t testing.TB, srv *harness.Server, section string) map[string]
 	t.Helper()
 	s, err := redis.String(srv.Do(t, "INFO", section), nil)
 	require.NoError(t, err)
+	return infoFields(s)
+}
+
+// infoFields parses an INFO reply into its "key:value" fields.
+func infoFields(s string) map[string]string {
 	out := map[string]string{}
 	for _, line := range strings.Split(s, "\r\n") {
 		if k, v, ok := strings.Cut(line, ":"); ok {
@@ -215,14 +220,14 @@ func TestSentinelReadonlyConnectionIsDroppedAndRetried(t *testing.T) {
 
 	// Swap the roles; the client connection to oldMaster stays open.
 	newMaster.Do(t, "REPLICAOF", "NO", "ONE")
-	oldMaster.Do(t, "REPLICAOF", "127.0.0.1", newMaster.Port())
+	oldMaster.Do(t, "REPLICAOF", newMaster.Host(), newMaster.Port())
 	harness.WaitFor(t, 15*time.Second, func() bool {
 		info := sentinelInfo(t, oldMaster, "replication")
 		return info["role"] == "slave" && info["master_link_status"] == "up" && info["master_sync_in_progress"] == "0"
 	}, "%s never became an in-sync replica of %s", oldMaster, newMaster)
 	for _, s := range g.Sentinels {
 		s.Do(t, "SENTINEL", "REMOVE", g.Name)
-		s.Do(t, "SENTINEL", "MONITOR", g.Name, "127.0.0.1", newMaster.Port(), 2)
+		s.Do(t, "SENTINEL", "MONITOR", g.Name, newMaster.Host(), newMaster.Port(), 2)
 	}
 	require.Equal(t, newMaster.Addr(), g.MasterAddr(t))
 	oldMaster.Do(t, "CONFIG", "RESETSTAT")

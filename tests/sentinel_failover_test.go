@@ -104,7 +104,7 @@ func TestSentinelFailoverWhileLocked(t *testing.T) {
 	require.NoError(t, oldMaster.Restart())
 	oldMaster.Do(t, "CONFIG", "RESETSTAT")
 	sentinelLockCycles(t, ctx, m, "sentinel-restarted-a", 5)
-	oldMaster.Do(t, "REPLICAOF", "127.0.0.1", newMaster.Port())
+	oldMaster.Do(t, "REPLICAOF", newMaster.Host(), newMaster.Port())
 	harness.WaitFor(t, 15*time.Second, func() bool {
 		info := sentinelInfo(t, oldMaster, "replication")
 		return info["role"] == "slave" && info["master_link_status"] == "up" && info["master_sync_in_progress"] == "0"

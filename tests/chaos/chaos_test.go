@@ -21,16 +21,18 @@ import (
 const profileEnv = "REDLOCK_CHAOS"
 
 func TestMain(m *testing.M) {
-	// The nodes run with an LD_PRELOAD clock shim built on this machine:
-	// always local processes, whatever backend the other tests use.
-	if b := os.Getenv(harness.BackendEnv); b != "" && b != "process" && b != "processes" {
-		fmt.Fprintf(os.Stderr, "chaos: %s=%s ignored: the fault suite runs redis-server processes with a clock shim\n", harness.BackendEnv, b)
-		os.Unsetenv(harness.BackendEnv)
-	}
-	code := m.Run()
+	// Nodes whose clock a test controls run with an LD_PRELOAD clock shim
+	// built on this machine: always local processes (newCluster's clock).
+	// The others follow the selected backend: with
+	// REDLOCK_TEST_BACKEND=docker, TestChaosSafety and the restart-guard
+	// test run on containers, with network partitions among the faults.
+	code := harness.Main(m).Run()
 	removeShim()
 	os.Exit(code)
 }
+
+// onDocker reports whether the nodes without clock control are containers.
+func onDocker() bool { return harness.SelectedBackend() == harness.BackendDocker }
 
 // isLong reports whether the long profile was asked for.
 func isLong(t *testing.T) bool {
@@ -90,7 +92,7 @@ func seed(t *testing.T) uint64 {
 var allFaults = map[string]faultKind{
 	"kill": faultKill, "pause": faultPause, "latency": faultLatency, "drop": faultBlackhole,
 	"refuse": faultRefuse, "reset": faultReset, "clock": faultClock, "jump": faultJump,
-	"drift": faultDrift,
+	"drift": faultDrift, "partition": faultPartition,
 }
 
 // faultsEnv restricts the nemesis to some kinds, e.g. "kill,pause".
@@ -106,7 +108,7 @@ func faultKinds(t *testing.T, def ...string) []faultKind {
 	for _, n := range names {
 		k, ok := allFaults[strings.TrimSpace(n)]
 		if !ok {
-			t.Fatalf("%s: unknown fault %q (known: kill, pause, latency, drop, refuse, reset, drift, clock, jump)", faultsEnv, n)
+			t.Fatalf("%s: unknown fault %q (known: kill, pause, latency, drop, refuse, reset, drift, clock, jump, partition)", faultsEnv, n)
 		}
 		out = append(out, k)
 	}
@@ -135,8 +137,15 @@ func TestChaosSafety(t *testing.T) {
 		cfg.managers, cfg.perManager = 4, 6
 		cfg.resources = []string{"chaos:a", "chaos:b", "chaos:c", "chaos:d", "chaos:e"}
 	}
+	// On processes, the clocks drift within the allowance too; on
+	// containers (no clock shim there) a node is also cut off the network.
+	kinds := []string{"kill", "pause", "latency", "drop", "refuse", "reset", "drift"}
+	if onDocker() {
+		kinds = []string{"kill", "pause", "latency", "drop", "refuse", "reset", "partition"}
+		cfg.name += ", docker: partitions, no clock faults"
+	}
 	ncfg := nemesisConfig{
-		kinds:     faultKinds(t, "kill", "pause", "latency", "drop", "refuse", "reset", "drift"),
+		kinds:     faultKinds(t, kinds...),
 		maxFaulty: 2,
 		gap:       [2]time.Duration{100 * time.Millisecond, 400 * time.Millisecond},
 		length:    [2]time.Duration{300 * time.Millisecond, 2 * time.Second},
@@ -145,7 +154,7 @@ func TestChaosSafety(t *testing.T) {
 		jump:      cfg.ttl,
 		seed:      cfg.seed,
 	}
-	r, res, nm := chaosRun(t, newCluster(t, 5, false), cfg, ncfg, true)
+	r, res, nm := chaosRun(t, newCluster(t, 5, false, !onDocker()), cfg, ncfg, true)
 	if nm.maxAt > ncfg.maxFaulty {
 		t.Errorf("the nemesis had %d nodes faulty at once, more than %d", nm.maxAt, ncfg.maxFaulty)
 	}
@@ -198,72 +207,111 @@ func violations(res result) string {
 	return b.String()
 }
 
-// TestChaosClockFaultOnOneNode measures what Redlock does not promise to
+// TestChaosClockFaultOnOneNode measures what Redlock alone does not
 // survive: a clock that runs fast or jumps forward, on ONE node at a time.
 // Redlock assumes every node's clock runs at nearly the right rate; a fast
 // node lets a lock's key expire early. Under contention a winner often holds
 // a bare majority (the other contenders took the remaining nodes for a
 // moment, then released them), so one node losing the key early is enough
-// for a second holder. The test reports the overlaps it measured and asserts
-// what still holds: fencing tokens keep strict order, and the fenced
-// registers accept no stale write.
+// for a second holder. Top-up (WithTopUp, the default) takes those nodes as
+// soon as the contenders release them, so that a lock held on k nodes
+// tolerates k - quorum nodes that forget it.
+//
+// The same fault schedule runs with top-up on, where at most 0.1% of the
+// acquisitions may overlap another holder, and off, where the rate is
+// measured and reported. Both assert what fencing keeps: tokens in strict
+// order, and no stale write accepted by the fenced registers.
 func TestChaosClockFaultOnOneNode(t *testing.T) {
-	checkLeaks(t)
-	cfg := contended(t, "clock faults, one node at a time", 6*time.Second, "clock:a", "clock:b", "clock:c")
-	if isLong(t) {
-		cfg.duration = time.Minute
-	}
-	ncfg := nemesisConfig{
-		kinds:     faultKinds(t, "clock", "jump"),
-		maxFaulty: 1,
-		cooldown:  cfg.ttl, // and a whole lock lifetime before the next node
-		gap:       [2]time.Duration{100 * time.Millisecond, 400 * time.Millisecond},
-		length:    [2]time.Duration{300 * time.Millisecond, 1500 * time.Millisecond},
-		clockPPM:  [2]int64{2 * rateNormal, 4 * rateNormal},
-		jump:      cfg.ttl,
-		seed:      cfg.seed,
-	}
-	r, res, _ := chaosRun(t, newCluster(t, 5, false), cfg, ncfg, true)
-	t.Logf("clock faults on one node at a time: %d overlaps in %d acquisitions (%.2f%%); fencing rejected %d writes of holders that still believed they held the lock",
-		len(res.overlaps), r.st.acquired.Load(), 100*float64(len(res.overlaps))/float64(max(1, r.st.acquired.Load())), len(res.reg.rejectedValid))
-	if len(res.inversions) > 0 || res.reg.acceptedStale > 0 {
-		t.Errorf("fencing broke under clock faults:\n%s", violations(result{inversions: res.inversions, reg: registerStats{acceptedStale: res.reg.acceptedStale}}))
+	for _, on := range []bool{true, false} {
+		t.Run(fmt.Sprintf("topup=%t", on), func(t *testing.T) {
+			checkLeaks(t)
+			cfg := contended(t, fmt.Sprintf("clock faults, one node at a time, top-up %t", on), 6*time.Second, "clock:a", "clock:b", "clock:c")
+			if isLong(t) {
+				cfg.duration = 2 * time.Minute
+			}
+			cfg.opts = []redlock.Option{redlock.WithTopUp(on)}
+			ncfg := nemesisConfig{
+				kinds:     faultKinds(t, "clock", "jump"),
+				maxFaulty: 1,
+				cooldown:  cfg.ttl, // and a whole lock lifetime before the next node
+				gap:       [2]time.Duration{100 * time.Millisecond, 400 * time.Millisecond},
+				length:    [2]time.Duration{300 * time.Millisecond, 1500 * time.Millisecond},
+				clockPPM:  [2]int64{2 * rateNormal, 4 * rateNormal},
+				jump:      cfg.ttl,
+				seed:      cfg.seed,
+			}
+			r, res, nm := chaosRun(t, newCluster(t, 5, false, true), cfg, ncfg, true)
+			acquired := r.st.acquired.Load()
+			rate := float64(len(res.overlaps)) / float64(max(1, acquired))
+			t.Logf("clock faults on one node at a time, top-up %t: %d overlaps in %d acquisitions (%.2f%%) under %d faults; fencing rejected %d writes of holders that still believed they held the lock",
+				on, len(res.overlaps), acquired, 100*rate, nm.total(), len(res.reg.rejectedValid))
+			if len(res.inversions) > 0 || res.reg.acceptedStale > 0 {
+				t.Errorf("fencing broke under clock faults:\n%s", violations(result{inversions: res.inversions, reg: registerStats{acceptedStale: res.reg.acceptedStale}}))
+			}
+			if acquired < 50 {
+				t.Errorf("only %d acquisitions in %v: the suite checked almost nothing", acquired, r.elapsed)
+			}
+			if on && rate > 0.001 {
+				t.Errorf("top-up on: %d overlaps in %d acquisitions (%.2f%%), more than 0.1%%:\n%s", len(res.overlaps), acquired, 100*rate, violations(result{overlaps: res.overlaps}))
+				for i, o := range res.overlaps {
+					if i == 3 {
+						break
+					}
+					t.Logf("faults from 2 TTLs before %v to its end:\n%s", o, nm.eventLog(o.a.acquired.Add(-2*cfg.ttl), o.b.acquired))
+				}
+			}
+		})
 	}
 }
 
 // TestClockJumpOnOneNodeBreaksMutualExclusion is the deterministic form of
 // the clock hazard: a lock held on a bare majority (nodes 0-2; 3 and 4 were
-// busy at the time) loses its key on node 2 when that node's clock jumps
-// forward, and a second client gets nodes 2-4 while the first still holds a
-// valid lock. Fencing still orders them: the first holder's write is
-// rejected.
+// busy at the time, and top-up is off) loses its key on node 2 when that
+// node's clock jumps forward, and a second client gets nodes 2-4 while the
+// first still holds a valid lock. Fencing still orders them: the first
+// holder's write is rejected. With top-up on, the first lock holds all five
+// nodes once 3 and 4 are free, and the same jump leaves it four: the second
+// client is refused.
 func TestClockJumpOnOneNodeBreaksMutualExclusion(t *testing.T) {
 	checkLeaks(t)
-	c := newCluster(t, 5, false)
+	c := newCluster(t, 5, false, true)
 	ctx := context.Background()
 	ttl := 5 * time.Second
 	opts := []redlock.Option{redlock.WithFencing(), redlock.WithDefaultTTL(ttl), redlock.WithRetryCount(1)}
-	m1, m2 := c.newManager(t, opts...), c.newManager(t, opts...)
-	for _, n := range c.nodes[3:] {
-		_, err := n.Do("SET", "jump", "another-contender", "PX", 60000)
-		require.NoError(t, err)
+	for _, on := range []bool{false, true} {
+		key := fmt.Sprintf("jump-%t", on)
+		m1 := c.newManager(t, append(opts, redlock.WithTopUp(on))...)
+		m2 := c.newManager(t, opts...)
+		for _, n := range c.nodes[3:] {
+			_, err := n.Do("SET", key, "another-contender", "PX", 60000)
+			require.NoError(t, err)
+		}
+		a, err := m1.Lock(ctx, key, ttl)
+		require.NoError(t, err, "A takes nodes 0, 1 and 2")
+		for _, n := range c.nodes[3:] {
+			_, err := n.Do("DEL", key)
+			require.NoError(t, err)
+		}
+		if on {
+			harness.WaitFor(t, 2*time.Second, func() bool { return a.NodesHeld() == 5 }, "top-up: A should come to hold all five nodes (holds %d)", a.NodesHeld())
+		}
+		c.nodes[2].JumpClock(2 * ttl)
+		b, err := m2.Lock(ctx, key, ttl)
+		if on {
+			require.ErrorIs(t, err, redlock.ErrLocked, "top-up on: A still holds four nodes after node 2's clock jumped")
+			require.True(t, a.Valid())
+			require.NoError(t, a.Unlock(ctx))
+			continue
+		}
+		require.NoError(t, err, "B gets nodes 2, 3 and 4: node 2's clock jumped past A's expiry")
+		require.True(t, a.Valid() && b.Valid(), "two valid holders at once: the hazard of a clock jump on one node")
+		require.Greater(t, b.Fence(), a.Fence(), "fencing still orders the holders")
+		reg := &register{}
+		require.True(t, reg.write(b.Fence(), b.Token(), b.Until()))
+		require.False(t, reg.write(a.Fence(), a.Token(), a.Until()), "the fenced register rejects the first holder's write")
+		require.NoError(t, b.Unlock(ctx))
+		_ = a.Unlock(ctx)
 	}
-	a, err := m1.Lock(ctx, "jump", ttl)
-	require.NoError(t, err, "A takes nodes 0, 1 and 2")
-	for _, n := range c.nodes[3:] {
-		_, err := n.Do("DEL", "jump")
-		require.NoError(t, err)
-	}
-	c.nodes[2].JumpClock(2 * ttl)
-	b, err := m2.Lock(ctx, "jump", ttl)
-	require.NoError(t, err, "B gets nodes 2, 3 and 4: node 2's clock jumped past A's expiry")
-	require.True(t, a.Valid() && b.Valid(), "two valid holders at once: the hazard of a clock jump on one node")
-	require.Greater(t, b.Fence(), a.Fence(), "fencing still orders the holders")
-	reg := &register{}
-	require.True(t, reg.write(b.Fence(), b.Token(), b.Until()))
-	require.False(t, reg.write(a.Fence(), a.Token(), a.Until()), "the fenced register rejects the first holder's write")
-	require.NoError(t, b.Unlock(ctx))
-	_ = a.Unlock(ctx)
 }
 
 // fencingRun is the tight loop of the fencing tests: fenced locks on two
@@ -296,7 +344,7 @@ func fencingRun(t *testing.T, name string, persist bool, target int, limit time.
 		jump:      ttl,
 		seed:      cfg.seed,
 	}
-	r, res, _ := chaosRun(t, newCluster(t, 5, persist), cfg, ncfg, true)
+	r, res, _ := chaosRun(t, newCluster(t, 5, persist, true), cfg, ncfg, true)
 	return r, res
 }
 
@@ -395,7 +443,7 @@ func TestChaosWithoutRestartGuardOverlaps(t *testing.T) {
 	if long {
 		rounds, roundLen, schedules = 20, 3*time.Second, restartSchedules
 	}
-	c := newCluster(t, 5, false)
+	c := newCluster(t, 5, false, false)
 	base := workloadConfig{
 		duration:    roundLen,
 		managers:    2,

@@ -17,12 +17,15 @@ type cluster struct {
 }
 
 // newCluster starts n nodes and their proxies; everything is
-// stopped at t.Cleanup.
-func newCluster(t *testing.T, n int, persist bool) *cluster {
+// stopped at t.Cleanup. With clock, the nodes are local processes whose
+// clocks the test controls (SetClockRate, JumpClock), whatever the backend;
+// without, they follow the selected backend (containers with
+// REDLOCK_TEST_BACKEND=docker, where Partition works).
+func newCluster(t *testing.T, n int, persist, clock bool) *cluster {
 	t.Helper()
 	c := &cluster{nodes: make([]*redisNode, n), links: make([]*link, n)}
 	for i := range c.nodes {
-		c.nodes[i] = startNode(t, fmt.Sprintf("n%d", i), persist)
+		c.nodes[i] = startNode(t, fmt.Sprintf("n%d", i), persist, clock)
 	}
 	srv := newToxiproxy()
 	for i, node := range c.nodes {
@@ -52,8 +55,17 @@ func (c *cluster) newManager(t *testing.T, opts ...redlock.Option) *redlock.Mana
 	t.Cleanup(func() { m.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := m.LoadScripts(ctx); err != nil {
-		t.Fatalf("chaos: warm-up of a Manager (LoadScripts on every node): %v", err)
+	// A node the last round restarted may still be slow to answer its
+	// first connection (a container's address, just back on the network):
+	// try again within the 10 s.
+	for {
+		err := m.LoadScripts(ctx)
+		if err == nil {
+			return m
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("chaos: warm-up of a Manager (LoadScripts on every node): %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
-	return m
 }

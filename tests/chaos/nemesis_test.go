@@ -24,6 +24,7 @@ const (
 	faultClock     faultKind = "fast clock"         // its clocks run 2-4x as fast as real time
 	faultJump      faultKind = "clock jump forward" // its clocks jump forward by a TTL at once
 	faultDrift     faultKind = "clock drift x1.005" // its clocks run 0.5% fast: within the drift allowance
+	faultPartition faultKind = "network partition"  // docker network disconnect: the node's host is gone from the network
 )
 
 // driftPPM is faultDrift's rate: half of redlock's default drift factor
@@ -161,6 +162,13 @@ func (nm *nemesis) inject(active []*fault) *fault {
 	var err error
 	detail := ""
 	switch kind {
+	case faultClock, faultJump, faultDrift:
+		if !node.hasClock() {
+			nm.fail(fmt.Errorf("inject %s on %s: its clocks are not controlled (a container: clock faults need newCluster's clock, on processes)", kind, node))
+			return nil
+		}
+	}
+	switch kind {
 	case faultKill:
 		err = node.Kill()
 		length /= 4 // restarted soon: the dangerous case for a lock
@@ -186,6 +194,8 @@ func (nm *nemesis) inject(active []*fault) *fault {
 		length = 0
 	case faultDrift:
 		node.SetClockRate(driftPPM)
+	case faultPartition:
+		err = node.Partition()
 	}
 	if err != nil {
 		nm.fail(fmt.Errorf("inject %s on %s: %w", kind, node, err))
@@ -223,6 +233,8 @@ func (nm *nemesis) heal(f *fault) {
 		err = link.heal()
 	case faultClock, faultDrift:
 		node.SetClockRate(rateNormal)
+	case faultPartition:
+		err = node.Heal()
 	}
 	if err != nil {
 		nm.fail(fmt.Errorf("heal %s on %s: %w", f.kind, node, err))

@@ -19,9 +19,10 @@ import (
 )
 
 // The chaos nodes are harness servers (real redis-server processes on
-// 127.0.0.1, killed at the end and when the test binary dies) started with
-// an environment: LD_PRELOAD of the clock shim (testdata/clockshim.c) and
-// the path of the node's clock control file, which the test writes to.
+// 127.0.0.1, or containers with REDLOCK_TEST_BACKEND=docker, killed at the
+// end and when the test binary dies). The processes are started with an
+// environment: LD_PRELOAD of the clock shim (testdata/clockshim.c) and the
+// path of the node's clock control file, which the test writes to.
 
 // rateNormal is the clock rate of a healthy node, in parts per million.
 const rateNormal = 1_000_000
@@ -79,11 +80,23 @@ type redisNode struct {
 	ctl []byte     // the shared clock control page: [0] rate ppm, [1] jump ns
 }
 
-// startNode starts a redis-server with the clock shim. persist turns on the
-// append-only file with an fsync per write, so that a SIGKILL (and Restart)
-// loses nothing. The node is stopped at t.Cleanup.
-func startNode(t testing.TB, name string, persist bool) *redisNode {
+// startNode starts a redis-server. With clock (and always on the process
+// backend) it is a local process with the clock shim, whose clocks
+// SetClockRate and JumpClock control; otherwise, with
+// REDLOCK_TEST_BACKEND=docker, a container without one. persist turns on
+// the append-only file with an fsync per write, so that a SIGKILL (and
+// Restart) loses nothing. The node is stopped at t.Cleanup.
+func startNode(t testing.TB, name string, persist, clock bool) *redisNode {
 	t.Helper()
+	var opts harness.Options
+	if persist {
+		opts.Args = []string{"--appendonly", "yes", "--appendfsync", "always"}
+	}
+	n := &redisNode{name: name}
+	if !clock && onDocker() {
+		n.Server = harness.Start(t, opts)
+		return n
+	}
 	shim, err := clockShim()
 	if err != nil {
 		t.Fatal(err)
@@ -102,7 +115,7 @@ func startNode(t testing.TB, name string, persist bool) *redisNode {
 	if err != nil {
 		t.Fatalf("chaos: mmap clock control: %v", err)
 	}
-	n := &redisNode{name: name, ctl: ctl}
+	n.ctl = ctl
 	n.SetClockRate(rateNormal)
 	t.Cleanup(func() { // after the server's own cleanup (LIFO): it stopped reading the page
 		n.mu.Lock()
@@ -110,9 +123,9 @@ func startNode(t testing.TB, name string, persist bool) *redisNode {
 		syscall.Munmap(n.ctl)
 		n.ctl = nil
 	})
-	opts := harness.Options{Env: []string{"LD_PRELOAD=" + shim, "REDLOCK_CLOCK_CTL=" + ctlPath}}
+	opts.Env = []string{"LD_PRELOAD=" + shim, "REDLOCK_CLOCK_CTL=" + ctlPath}
+	opts.Backend = harness.BackendProcess // an LD_PRELOAD of a host library: a local process
 	if persist {
-		opts.Args = []string{"--appendonly", "yes", "--appendfsync", "always"}
 		// The append-only file must survive the process, not the
 		// machine: keep it in memory when possible, since an fsync per
 		// write on a disk would slow the suite down.
@@ -122,6 +135,13 @@ func startNode(t testing.TB, name string, persist bool) *redisNode {
 	}
 	n.Server = harness.Start(t, opts)
 	return n
+}
+
+// hasClock reports whether the test controls the node's clocks.
+func (n *redisNode) hasClock() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.ctl != nil
 }
 
 func (n *redisNode) String() string { return fmt.Sprintf("%s (%s)", n.name, n.Addr()) }

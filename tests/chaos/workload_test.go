@@ -39,12 +39,13 @@ type workloadConfig struct {
 type stats struct {
 	calls       atomic.Int64 // Lock calls that ran to their end
 	acquired    atomic.Int64
-	locked      atomic.Int64 // failed: ErrLocked only (contention)
-	unavailable atomic.Int64 // failed: ErrUnavailable only (node errors, too slow)
-	both        atomic.Int64 // failed: both
-	other       atomic.Int64 // failed otherwise (a bug if ever non-zero)
-	stalls      atomic.Int64 // sections stalled past their lease
-	unlockFails atomic.Int64 // Unlock errors (expected under faults)
+	locked      atomic.Int64    // failed: ErrLocked only (contention)
+	unavailable atomic.Int64    // failed: ErrUnavailable only (node errors, too slow)
+	both        atomic.Int64    // failed: both
+	other       atomic.Int64    // failed otherwise (a bug if ever non-zero)
+	stalls      atomic.Int64    // sections stalled past their lease
+	unlockFails atomic.Int64    // Unlock errors (expected under faults)
+	heldAtEnd   [6]atomic.Int64 // sections by Lock.NodesHeld at their end (0..5 nodes)
 }
 
 // run is one workload run and everything it recorded.
@@ -194,6 +195,7 @@ func (r *run) client(ctx context.Context, stop context.CancelFunc, id int, m *re
 			time.Sleep(time.Until(s.until) + time.Duration(10+rng.IntN(40))*time.Millisecond)
 		}
 		r.regs[res].write(s.fence, l.Token(), s.until)
+		r.st.heldAtEnd[min(l.NodesHeld(), len(r.st.heldAtEnd)-1)].Add(1)
 		s.released = time.Now()
 		uctx, ucancel := context.WithTimeout(context.Background(), 2*r.cfg.nodeTimeout)
 		if err := l.Unlock(uctx); err != nil {
@@ -250,6 +252,13 @@ func (r *run) summary(res result) string {
 	fmt.Fprintf(w, "failed: both\t%d\n", r.st.both.Load())
 	fmt.Fprintf(w, "failed: other\t%d\n", r.st.other.Load())
 	fmt.Fprintf(w, "Unlock errors\t%d\n", r.st.unlockFails.Load())
+	var held []string
+	for k := range r.st.heldAtEnd {
+		if n := r.st.heldAtEnd[k].Load(); n > 0 {
+			held = append(held, fmt.Sprintf("%d nodes: %d", k, n))
+		}
+	}
+	fmt.Fprintf(w, "held at the section's end\t%s\n", strings.Join(held, ", "))
 	if r.nm != nil {
 		fmt.Fprintf(w, "faults injected\t%d (at most %d nodes faulty at once)\n", r.nm.total(), r.nm.maxAt)
 		for _, line := range r.nm.countLines() {

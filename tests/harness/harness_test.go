@@ -16,18 +16,23 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
+	goleak.VerifyTestMain(Main(m))
 }
 
 func TestStartNRunsIndependentServers(t *testing.T) {
 	t.Parallel()
 	servers := StartN(t, 3, Options{})
 	require.Len(t, servers, 3)
-	seen := map[int]bool{}
+	seen := map[string]bool{}
 	for i, s := range servers {
-		require.False(t, seen[s.Port()], "port %d handed out twice", s.Port())
-		seen[s.Port()] = true
-		require.Equal(t, fmt.Sprintf("127.0.0.1:%d", s.Port()), s.Addr())
+		require.False(t, seen[s.Addr()], "address %s handed out twice", s.Addr())
+		seen[s.Addr()] = true
+		require.Equal(t, net.JoinHostPort(s.Host(), fmt.Sprint(s.Port())), s.Addr())
+		if SelectedBackend() == BackendProcess {
+			require.Equal(t, "127.0.0.1", s.Host())
+		} else {
+			require.Equal(t, 6379, s.Port(), "containers listen on the standard port at their own address")
+		}
 		require.Equal(t, "OK", s.Do(t, "SET", "k", fmt.Sprint("v", i)))
 	}
 	for i, s := range servers {
@@ -124,16 +129,19 @@ func TestTLSServerAnswersOnlyOverTLSWithTheGeneratedCA(t *testing.T) {
 	require.NoError(t, s.Ping(), "PING over TLS with the harness CA")
 	require.Equal(t, "PONG", s.Do(t, "PING"))
 
-	// "localhost" is in the certificate too.
-	c, err := redis.Dial("tcp", fmt.Sprintf("localhost:%d", s.Port()), redis.DialUseTLS(true), redis.DialTLSConfig(certs.ClientConfig()))
-	if err == nil { // localhost may resolve to ::1 first, where nothing listens
-		_, err = c.Do("PING")
-		c.Close()
-		require.NoError(t, err)
+	// "localhost" is in the certificate too (a container is not on
+	// localhost: processes only).
+	if SelectedBackend() == BackendProcess {
+		c, err := redis.Dial("tcp", fmt.Sprintf("localhost:%d", s.Port()), redis.DialUseTLS(true), redis.DialTLSConfig(certs.ClientConfig()))
+		if err == nil { // localhost may resolve to ::1 first, where nothing listens
+			_, err = c.Do("PING")
+			c.Close()
+			require.NoError(t, err)
+		}
 	}
 
 	// Without the CA the handshake fails.
-	_, err = redis.Dial("tcp", s.Addr(), redis.DialUseTLS(true), redis.DialTLSConfig(&tls.Config{MinVersion: tls.VersionTLS12}), redis.DialConnectTimeout(2*time.Second))
+	_, err := redis.Dial("tcp", s.Addr(), redis.DialUseTLS(true), redis.DialTLSConfig(&tls.Config{MinVersion: tls.VersionTLS12}), redis.DialConnectTimeout(2*time.Second))
 	require.Error(t, err, "a client without the CA must not verify the server")
 
 	// Plain TCP is not served.
@@ -258,11 +266,12 @@ func TestWaitForReturnsOnceConditionHolds(t *testing.T) {
 
 func TestSentinelConfIsWellFormed(t *testing.T) {
 	t.Parallel()
-	g := &SentinelGroup{Name: "m", Master: &Server{port: 7000}, Options: SentinelOptions{Password: "p w", SentinelPassword: "sp"}.withDefaults()}
-	conf := g.sentinelConf(26379, "/tmp/x")
+	g := &SentinelGroup{Name: "m", Master: &Server{host: "127.0.0.1", port: 7000}, Options: SentinelOptions{Password: "p w", SentinelPassword: "sp"}.withDefaults()}
+	conf := g.sentinelConf((&processBackend{}).view("/tmp/x"), 26379)
 	for _, want := range []string{
 		"port 26379\n",
 		"bind 127.0.0.1\n",
+		"dir \"/tmp/x\"\n",
 		"sentinel monitor m 127.0.0.1 7000 2\n",
 		"sentinel down-after-milliseconds m 1000\n",
 		"sentinel failover-timeout m 10000\n",
@@ -273,30 +282,110 @@ func TestSentinelConfIsWellFormed(t *testing.T) {
 	} {
 		require.True(t, strings.Contains(conf, want), "sentinel.conf lacks %q:\n%s", want, conf)
 	}
+	require.NotContains(t, conf, "announce", "a local Sentinel announces nothing")
+
+	// In a container: every interface, the container's own address
+	// announced, the master at its address on the network.
+	g.Master = &Server{host: "172.30.0.2", port: 6379}
+	g.Options.TLS = &TLSConfig{CAFile: "/h/ca.crt", CertFile: "/h/server.crt", KeyFile: "/h/server.key"}
+	conf = g.sentinelConf((&dockerBackend{}).view("172.30.0.9"), 26379)
+	for _, want := range []string{
+		"bind 0.0.0.0\n",
+		"port 0\n",
+		"tls-port 26379\n",
+		"tls-ca-cert-file \"/tls/ca.crt\"\n",
+		"dir \"/data\"\n",
+		"sentinel announce-ip 172.30.0.9\n",
+		"sentinel announce-port 26379\n",
+		"sentinel monitor m 172.30.0.2 6379 2\n",
+	} {
+		require.True(t, strings.Contains(conf, want), "container sentinel.conf lacks %q:\n%s", want, conf)
+	}
 }
 
-// TestEnvTempDirAndPersistenceAcrossRestart: Options.TempDir places the
-// server's directory, persistence turned on through Args survives Restart
-// there, and Options.Env reaches the process (a preload that does not exist
-// makes the dynamic loader complain in the server's log).
-func TestEnvTempDirAndPersistenceAcrossRestart(t *testing.T) {
+// TestPersistenceTurnedOnSurvivesKillAndRestart: persistence turned on
+// through Args survives kill -9 and Restart, on either backend (a
+// container keeps its files across docker kill and start).
+func TestPersistenceTurnedOnSurvivesKillAndRestart(t *testing.T) {
 	t.Parallel()
-	parent := t.TempDir()
-	s := Start(t, Options{
-		Args:    []string{"--appendonly", "yes", "--appendfsync", "always"},
-		TempDir: parent,
-		Env:     []string{"LD_PRELOAD=/nonexistent/redlock-harness-probe.so"},
-	})
-	dir, err := redis.Strings(s.Do(t, "CONFIG", "GET", "dir"), nil)
-	require.NoError(t, err)
-	require.Len(t, dir, 2)
-	require.True(t, strings.HasPrefix(dir[1], parent), "server dir %q is not under Options.TempDir %q", dir[1], parent)
-	require.Contains(t, s.LogTail(50), "redlock-harness-probe.so", "Options.Env did not reach the server process")
-
+	s := Start(t, Options{Args: []string{"--appendonly", "yes", "--appendfsync", "always"}})
 	s.Do(t, "SET", "kept", "yes")
 	require.NoError(t, s.Kill())
 	require.NoError(t, s.Restart())
 	v, err := redis.String(s.Do(t, "GET", "kept"), nil)
 	require.NoError(t, err, "the append-only file must survive kill -9 and Restart")
 	require.Equal(t, "yes", v)
+}
+
+// TestEnvAndTempDirReachTheProcess: Options.TempDir places the server's
+// directory and Options.Env reaches the process (a preload that does not
+// exist makes the dynamic loader complain in the server's log). Both are
+// process matters: Backend forces local processes whatever BackendEnv
+// says.
+func TestEnvAndTempDirReachTheProcess(t *testing.T) {
+	t.Parallel()
+	parent := t.TempDir()
+	s := Start(t, Options{
+		TempDir: parent,
+		Env:     []string{"LD_PRELOAD=/nonexistent/redlock-harness-probe.so"},
+		Backend: BackendProcess,
+	})
+	require.Equal(t, "127.0.0.1", s.Host())
+	dir, err := redis.Strings(s.Do(t, "CONFIG", "GET", "dir"), nil)
+	require.NoError(t, err)
+	require.Len(t, dir, 2)
+	require.True(t, strings.HasPrefix(dir[1], parent), "server dir %q is not under Options.TempDir %q", dir[1], parent)
+	require.Contains(t, s.LogTail(50), "redlock-harness-probe.so", "Options.Env did not reach the server process")
+}
+
+func TestProcessBackendDialsLoopbackOnly(t *testing.T) {
+	t.Parallel()
+	b := &processBackend{}
+	require.NoError(t, b.checkAddr("127.0.0.1:6379"))
+	require.NoError(t, b.checkAddr("[::1]:6379"))
+	for _, addr := range []string{"192.0.2.7:6379", "localhost:6379", "10.0.0.1:1", "nonsense"} {
+		require.Error(t, b.checkAddr(addr), "%s must be refused", addr)
+	}
+	s := &Server{node: &processNode{}}
+	require.ErrorIs(t, s.Partition(), errNeedsDocker)
+	_, err := s.Isolate()
+	require.ErrorIs(t, err, errNeedsDocker)
+	require.NoError(t, s.Heal(), "Heal with nothing to heal is a no-op")
+}
+
+// TestSentinelGroupKnowsEveryMemberByItsAddress: the Sentinels see each
+// other, the master and the replicas at the addresses the harness hands out
+// (with the docker backend: the containers' own addresses, which they
+// announce).
+func TestSentinelGroupKnowsEveryMemberByItsAddress(t *testing.T) {
+	t.Parallel()
+	g := StartSentinelGroup(t, "harness-addresses", SentinelOptions{Replicas: 2})
+	require.Equal(t, g.Master.Addr(), g.MasterAddr(t))
+	addrOf := func(v interface{}) string {
+		m, err := redis.StringMap(v, nil)
+		require.NoError(t, err)
+		return net.JoinHostPort(m["ip"], m["port"])
+	}
+	for _, s := range g.Sentinels {
+		replicas, err := redis.Values(s.Do(t, "SENTINEL", "REPLICAS", g.Name), nil)
+		require.NoError(t, err)
+		var got []string
+		for _, r := range replicas {
+			got = append(got, addrOf(r))
+		}
+		require.ElementsMatch(t, []string{g.Replicas[0].Addr(), g.Replicas[1].Addr()}, got, "%s sees the replicas at other addresses", s)
+		others, err := redis.Values(s.Do(t, "SENTINEL", "SENTINELS", g.Name), nil)
+		require.NoError(t, err)
+		got = got[:0]
+		for _, o := range others {
+			got = append(got, addrOf(o))
+		}
+		var want []string
+		for _, o := range g.Sentinels {
+			if o != s {
+				want = append(want, o.Addr())
+			}
+		}
+		require.ElementsMatch(t, want, got, "%s sees the other Sentinels at other addresses", s)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,16 +13,50 @@ import (
 	"time"
 )
 
-// processBackend runs each server as a local redis-server process.
+// processBackend runs each server as a local process on 127.0.0.1.
 type processBackend struct {
-	bin string // path of redis-server
+	server   string // path of redis-server
+	sentinel string // path of redis-sentinel; "" until a Sentinel group needs it
 }
 
-func (b processBackend) newNode(dir string, port int, opts Options) (node, error) {
-	args := redisArgs("127.0.0.1", port, dir, opts, func(p string) string { return p })
-	n := newProcessNode(b.bin, args, dir)
+func (b *processBackend) address(string, *TLSConfig) (string, int, error) {
+	port, err := freePort()
+	return "127.0.0.1", port, err
+}
+
+func (b *processBackend) view(dir string) nodeView {
+	return nodeView{bind: "127.0.0.1", dir: dir, tlsPath: func(p string) string { return p }}
+}
+
+func (b *processBackend) newServer(_ string, port int, dir string, opts Options) (node, error) {
+	n := newProcessNode(b.server, redisArgs(b.view(dir), port, opts), dir)
 	n.env = opts.Env
 	return n, nil
+}
+
+func (b *processBackend) newSentinel(_ string, _ int, dir string, _ *TLSConfig, conf func(nodeView) string) (node, error) {
+	if b.sentinel == "" {
+		return nil, errors.New("harness: redis-sentinel was not looked up")
+	}
+	path := filepath.Join(dir, "sentinel.conf")
+	if err := os.WriteFile(path, []byte(conf(b.view(dir))), 0o644); err != nil {
+		return nil, fmt.Errorf("harness: write %s: %w", path, err)
+	}
+	return newProcessNode(b.sentinel, []string{path}, dir), nil
+}
+
+func (b *processBackend) readyTimeout() time.Duration { return startTimeout }
+
+// checkAddr accepts loopback addresses only.
+func (b *processBackend) checkAddr(addr string) error {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("harness: address %q: %w", addr, err)
+	}
+	if ip := net.ParseIP(host); ip == nil || !ip.IsLoopback() {
+		return fmt.Errorf("harness: %s is not a loopback address: the process backend dials nothing else", addr)
+	}
+	return nil
 }
 
 // processNode is one Redis process, restartable with the same arguments.
@@ -152,6 +187,10 @@ func (n *processNode) stop() {
 	n.stopped = true
 	n.killLocked()
 }
+
+func (n *processNode) partition() error         { return errNeedsDocker }
+func (n *processNode) isolate() (string, error) { return "", errNeedsDocker }
+func (n *processNode) heal() error              { return nil }
 
 func (n *processNode) exited() bool {
 	n.mu.Lock()

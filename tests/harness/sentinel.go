@@ -2,8 +2,7 @@ package harness
 
 import (
 	"fmt"
-	"os"
-	"path/filepath"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -21,6 +20,7 @@ type SentinelOptions struct {
 	Password         string        // requirepass and masterauth of master and replicas (Sentinel's auth-pass)
 	SentinelPassword string        // requirepass of the Sentinels themselves
 	TLS              *TLSConfig    // non-nil: every server and Sentinel listens on TLS only
+	Backend          string        // as Options.Backend: "" follows BackendEnv
 }
 
 // withDefaults fills in the documented defaults.
@@ -44,13 +44,17 @@ func (o SentinelOptions) withDefaults() SentinelOptions {
 }
 
 // SentinelGroup is one Sentinel-monitored master with its replicas and
-// Sentinels, all local processes on 127.0.0.1 stopped at t.Cleanup.
+// Sentinels, on the backend BackendEnv selects (local processes on
+// 127.0.0.1, or containers on the harness network, where every Sentinel
+// announces its container address), stopped at t.Cleanup.
 type SentinelGroup struct {
 	Name      string          // the master name Sentinels know it by
 	Master    *Server         // the server started as master (after a failover, see MasterAddr)
 	Replicas  []*Server       // the servers started as its replicas
-	Sentinels []*Server       // the redis-sentinel processes
+	Sentinels []*Server       // the redis-sentinel instances
 	Options   SentinelOptions // as started, defaults filled in
+
+	backend backend // checks the addresses the Sentinels name
 }
 
 // StartSentinelGroup starts a master, its replicas (--replicaof the master)
@@ -67,47 +71,46 @@ func StartSentinelGroup(t testing.TB, name string, opts SentinelOptions) *Sentin
 		t.Fatalf("harness: bad Sentinel master name %q", name)
 	}
 	opts = opts.withDefaults()
-	server := processBackend{bin: mustLookupBinary(t, "redis-server")}
-	sentinelBin := mustLookupBinary(t, "redis-sentinel")
-	g := &SentinelGroup{Name: name, Options: opts}
+	b := selectBackend(t, opts.Backend)
+	if pb, ok := b.(*processBackend); ok {
+		pb.sentinel = mustLookupBinary(t, "redis-sentinel")
+	}
+	g := &SentinelGroup{Name: name, Options: opts, backend: b}
 
 	// Any data node may become a master: none waits the default 5s before
 	// a full sync to a new replica.
 	dataOpts := Options{Password: opts.Password, TLS: opts.TLS, Args: []string{"--repl-diskless-sync-delay", "0"}}
 	g.Master = startServers(t, 1, "", func(dir string) (*Server, error) {
-		return launch(server, dir, dataOpts)
+		return launch(b, dir, dataOpts)
 	})[0]
 
 	replicaOpts := dataOpts
-	replicaOpts.Args = append(dataOpts.Args[:len(dataOpts.Args):len(dataOpts.Args)], "--replicaof", "127.0.0.1", fmt.Sprint(g.Master.Port()))
+	replicaOpts.Args = append(dataOpts.Args[:len(dataOpts.Args):len(dataOpts.Args)], "--replicaof", g.Master.Host(), fmt.Sprint(g.Master.Port()))
 	g.Replicas = startServers(t, opts.Replicas, "", func(dir string) (*Server, error) {
-		return launch(server, dir, replicaOpts)
+		return launch(b, dir, replicaOpts)
 	})
 	g.waitReplication(t, 30*time.Second)
 
 	g.Sentinels = startServers(t, opts.Sentinels, "", func(dir string) (*Server, error) {
-		return launchNode("redis-sentinel", opts.SentinelPassword, opts.TLS, startTimeout, func(port int) (node, error) {
-			conf := filepath.Join(dir, "sentinel.conf")
-			if err := os.WriteFile(conf, []byte(g.sentinelConf(port, dir)), 0o644); err != nil {
-				return nil, fmt.Errorf("harness: write %s: %w", conf, err)
-			}
-			return newProcessNode(sentinelBin, []string{conf}, dir), nil
+		return launchNode(b, "redis-sentinel", opts.SentinelPassword, opts.TLS, func(host string, port int) (node, error) {
+			return b.newSentinel(host, port, dir, opts.TLS, func(v nodeView) string { return g.sentinelConf(v, port) })
 		})
 	})
 	g.waitSentinels(t, 30*time.Second)
 	return g
 }
 
-// sentinelConf returns the config file of a Sentinel listening on port.
-func (g *SentinelGroup) sentinelConf(port int, dir string) string {
+// sentinelConf returns the config file of a Sentinel listening on port, as
+// the Sentinel sees its environment (v).
+func (g *SentinelGroup) sentinelConf(v nodeView, port int) string {
 	o := g.Options
 	var b strings.Builder
 	line := func(format string, args ...interface{}) { fmt.Fprintf(&b, format+"\n", args...) }
-	line("bind 127.0.0.1")
+	line("bind %s", v.bind)
 	if o.TLS != nil {
 		line("port 0")
 		line("tls-port %d", port)
-		args := o.TLS.serverArgs(func(p string) string { return p })
+		args := o.TLS.serverArgs(v.tlsPath)
 		for i := 0; i+1 < len(args); i += 2 {
 			line("%s %q", strings.TrimPrefix(args[i], "--"), args[i+1])
 		}
@@ -116,10 +119,16 @@ func (g *SentinelGroup) sentinelConf(port int, dir string) string {
 	}
 	line("daemonize no")
 	line("protected-mode no")
-	line("dir %q", dir)
+	line("dir %q", v.dir)
 	line(`logfile ""`)
 	line("sentinel resolve-hostnames no")
-	line("sentinel monitor %s 127.0.0.1 %d %d", g.Name, g.Master.Port(), o.Sentinels/2+1)
+	if v.announce != "" {
+		// What this Sentinel tells the others (hello messages) and
+		// clients: its own address on the harness network.
+		line("sentinel announce-ip %s", v.announce)
+		line("sentinel announce-port %d", port)
+	}
+	line("sentinel monitor %s %s %d %d", g.Name, g.Master.Host(), g.Master.Port(), o.Sentinels/2+1)
 	line("sentinel down-after-milliseconds %s %d", g.Name, o.DownAfter.Milliseconds())
 	line("sentinel failover-timeout %s %d", g.Name, o.FailoverTimeout.Milliseconds())
 	line("sentinel parallel-syncs %s 1", g.Name)
@@ -212,7 +221,7 @@ func (g *SentinelGroup) do(s *Server, cmd string, args ...interface{}) (interfac
 	return c.Do(cmd, args...)
 }
 
-// SentinelAddrs returns the "127.0.0.1:PORT" address of every Sentinel.
+// SentinelAddrs returns the address of every Sentinel.
 func (g *SentinelGroup) SentinelAddrs() []string {
 	addrs := make([]string, len(g.Sentinels))
 	for i, s := range g.Sentinels {
@@ -230,7 +239,13 @@ func (g *SentinelGroup) masterAddrFrom(s *Server) (string, error) {
 	if len(hostPort) != 2 {
 		return "", fmt.Errorf("harness: SENTINEL get-master-addr-by-name %s answered %q", g.Name, hostPort)
 	}
-	return hostPort[0] + ":" + hostPort[1], nil
+	addr := net.JoinHostPort(hostPort[0], hostPort[1])
+	if g.backend != nil {
+		if err := g.backend.checkAddr(addr); err != nil {
+			return "", fmt.Errorf("harness: %s names master %s: %w", s, addr, err)
+		}
+	}
+	return addr, nil
 }
 
 // MasterAddr asks the Sentinels, in order, for the current master's address

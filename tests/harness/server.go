@@ -3,7 +3,9 @@ package harness
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -12,11 +14,13 @@ import (
 	"github.com/gomodule/redigo/redis"
 )
 
-// Server is one real redis-server (or redis-sentinel) the harness started on
-// 127.0.0.1. Its methods are safe for concurrent use; Kill, Restart, Pause,
-// Resume and Stop are serialized.
+// Server is one real redis-server (or redis-sentinel) the harness started:
+// a local process on 127.0.0.1, or a container at its own address on the
+// harness's Docker network. Its methods are safe for concurrent use; Kill,
+// Restart, Pause, Resume, Partition, Isolate, Heal and Stop are serialized.
 type Server struct {
 	addr     string
+	host     string
 	port     int
 	password string     // requirepass, used by Dial
 	tls      *TLSConfig // nil: plain TCP
@@ -29,25 +33,58 @@ type Server struct {
 
 // node is one Redis server as a backend runs it.
 type node interface {
-	start() error         // launch on the node's port; errPortInUse when the port is taken
-	kill() error          // SIGKILL and wait for the exit; nil when already down
+	start() error         // launch at the node's address; errPortInUse when it is taken
+	kill() error          // kill -9 and wait for the exit; nil when already down
 	pause() error         // SIGSTOP (docker pause)
 	resume() error        // SIGCONT (docker unpause)
 	stop()                // kill for good and release resources; idempotent
 	exited() bool         // known to be down since the last start
 	logTail(n int) string // the last n lines of the current run's log
+
+	partition() error         // cut the node off the network
+	isolate() (string, error) // cut it off from its peers only; returns its host on the path left to the test
+	heal() error              // undo partition or isolate; nil when neither is in force
 }
 
 // backend creates nodes: local processes (the default) or Docker containers.
 type backend interface {
-	newNode(dir string, port int, opts Options) (node, error)
+	// address picks the host and port of a new server of kind
+	// ("redis-server" or "redis-sentinel"), checked by checkAddr; with
+	// tls, one the certificates of tls name.
+	address(kind string, tls *TLSConfig) (host string, port int, err error)
+	// newServer returns a redis-server node at host:port that works in
+	// dir (a fresh temp dir on the host).
+	newServer(host string, port int, dir string, opts Options) (node, error)
+	// newSentinel returns a redis-sentinel node at host:port whose
+	// config file is conf(view).
+	newSentinel(host string, port int, dir string, tls *TLSConfig, conf func(nodeView) string) (node, error)
+	// readyTimeout bounds the wait for a started server to answer PING.
+	readyTimeout() time.Duration
+	// checkAddr fails unless addr ("host:port") is one this backend's
+	// servers may have: the harness dials nothing else.
+	checkAddr(addr string) error
+}
+
+// nodeView is a server's environment as the server itself sees it: what it
+// binds, the host it announces to its peers ("": none), its working
+// directory and where it finds a TLS file given by its host path.
+type nodeView struct {
+	bind, announce, dir string
+	tlsPath             func(string) string
 }
 
 // errPortInUse reports that a server could not bind its port.
 var errPortInUse = errors.New("harness: port already in use")
 
-// Addr returns "127.0.0.1:PORT".
+// errNeedsDocker is the error of the network faults on the process backend.
+var errNeedsDocker = errors.New("harness: network partitions need the docker backend (" + BackendEnv + "=" + BackendDocker + ")")
+
+// Addr returns "HOST:PORT": 127.0.0.1 for a process, the container's
+// address on the harness network for the docker backend.
 func (s *Server) Addr() string { return s.addr }
+
+// Host returns the host part of Addr, e.g. for REPLICAOF or SENTINEL MONITOR.
+func (s *Server) Host() string { return s.host }
 
 // Port returns the TCP port (the TLS port when the server runs TLS only).
 func (s *Server) Port() int { return s.port }
@@ -61,17 +98,18 @@ func (s *Server) TLS() *TLSConfig { return s.tls }
 // String returns e.g. "redis-server 127.0.0.1:6379".
 func (s *Server) String() string { return s.kind + " " + s.addr }
 
-// Kill sends SIGKILL and waits for the server to exit. It is a no-op when the
-// server is already down. A paused server is killed too.
+// Kill sends SIGKILL (docker kill) and waits for the server to exit. It is
+// a no-op when the server is already down. A paused server is killed too.
 func (s *Server) Kill() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.node.kill()
 }
 
-// Restart starts the server again on the same port, with empty data (unless
-// Options.Args turned persistence on), and waits until it answers PING. A running server is killed
-// first. A Sentinel restarts from its own (rewritten) config file.
+// Restart starts the server again at the same address (docker start of the
+// same container), with empty data (unless Options.Args turned persistence
+// on), and waits until it answers PING. A running server is killed first.
+// A Sentinel restarts from its own (rewritten) config file.
 func (s *Server) Restart() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -91,19 +129,67 @@ func (s *Server) Restart() error {
 	return err
 }
 
-// Pause stops the server with SIGSTOP: connections stay open but nothing is
-// answered until Resume.
+// Pause stops the server with SIGSTOP (docker pause): connections stay open
+// but nothing is answered until Resume.
 func (s *Server) Pause() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.node.pause()
 }
 
-// Resume continues a paused server with SIGCONT.
+// Resume continues a paused server with SIGCONT (docker unpause).
 func (s *Server) Resume() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.node.resume()
+}
+
+// Partition cuts the server off the network, as when its host or its link
+// disappears (docker network disconnect): every other server, every
+// Sentinel and the test process itself lose it; established connections
+// hang, new ones time out. The server keeps running. Heal ends it. Docker
+// backend only (errNeedsDocker otherwise).
+func (s *Server) Partition() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.node.partition()
+}
+
+// Isolate cuts the server off from every other server and Sentinel, but
+// not from the test process: the server is connected to a network of its
+// own that only it and the test's host share, then disconnected from the
+// harness network (a split brain: the server goes on serving whoever still
+// reaches it). It returns the server as the test reaches it now: a Server
+// at its address on that network, sharing this one's process (its
+// lifecycle methods act on the same server; Stop only this one). Heal
+// ends it. Docker backend only.
+func (s *Server) Isolate() (*Server, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	host, err := s.node.isolate()
+	if err != nil {
+		return nil, err
+	}
+	side := &Server{
+		addr:     net.JoinHostPort(host, strconv.Itoa(s.port)),
+		host:     host,
+		port:     s.port,
+		password: s.password,
+		tls:      s.tls,
+		kind:     s.kind,
+		node:     s.node,
+		ready:    s.ready,
+	}
+	return side, nil
+}
+
+// Heal ends a Partition or an Isolate: the server is connected to the
+// harness network again, at the same address. It is a no-op when neither
+// is in force.
+func (s *Server) Heal() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.node.heal()
 }
 
 // Stop kills the server for good. It is idempotent and runs at t.Cleanup.
@@ -219,10 +305,11 @@ func (s *Server) waitReady() error {
 	return nil
 }
 
-// Start starts one redis-server on a free 127.0.0.1 port and waits until it
-// answers PING. The server is stopped at t.Cleanup, even when the test fails
-// (its log tail is then logged). Start fails the test when redis-server is
-// not installed.
+// Start starts one redis-server (on a free 127.0.0.1 port, or in a
+// container at its own address) and waits until it answers PING. The
+// server is stopped at t.Cleanup, even when the test fails (its log tail is
+// then logged). Start fails the test when redis-server is not installed or
+// the docker backend cannot run.
 func Start(t testing.TB, opts Options) *Server {
 	t.Helper()
 	return StartN(t, 1, opts)[0]
@@ -231,7 +318,7 @@ func Start(t testing.TB, opts Options) *Server {
 // StartN starts n independent redis-servers in parallel, as Start does.
 func StartN(t testing.TB, n int, opts Options) []*Server {
 	t.Helper()
-	b := selectBackend(t)
+	b := selectBackend(t, opts.Backend)
 	return startServers(t, n, opts.TempDir, func(dir string) (*Server, error) {
 		return launch(b, dir, opts)
 	})
@@ -295,34 +382,39 @@ func tempDir(t testing.TB, parent string) string {
 
 // launch starts one redis-server through b.
 func launch(b backend, dir string, opts Options) (*Server, error) {
-	return launchNode("redis-server", opts.Password, opts.TLS, readyTimeout(b), func(port int) (node, error) {
-		return b.newNode(dir, port, opts)
+	return launchNode(b, "redis-server", opts.Password, opts.TLS, func(host string, port int) (node, error) {
+		return b.newServer(host, port, dir, opts)
 	})
 }
 
-// launchNode picks a free port, creates a node on it with newNode, starts it
-// and waits until it answers PING; it picks another port when the chosen one
-// turns out to be taken. password and tlsConf are what clients need to reach
-// the node.
-func launchNode(kind, password string, tlsConf *TLSConfig, ready time.Duration, newNode func(port int) (node, error)) (*Server, error) {
+// launchNode picks an address with b, creates a node there with newNode,
+// starts it and waits until it answers PING; it picks another address when
+// the chosen one turns out to be taken. password and tlsConf are what
+// clients need to reach the node.
+func launchNode(b backend, kind, password string, tlsConf *TLSConfig, newNode func(host string, port int) (node, error)) (*Server, error) {
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
-		var port int
-		if port, err = freePort(); err != nil {
+		host, port, err := b.address(kind, tlsConf)
+		if err != nil {
 			return nil, err
 		}
-		var n node
-		if n, err = newNode(port); err != nil {
+		addr := net.JoinHostPort(host, strconv.Itoa(port))
+		if err := b.checkAddr(addr); err != nil {
+			return nil, err
+		}
+		n, err := newNode(host, port)
+		if err != nil {
 			return nil, err
 		}
 		s := &Server{
-			addr:     fmt.Sprintf("127.0.0.1:%d", port),
+			addr:     addr,
+			host:     host,
 			port:     port,
 			password: password,
 			tls:      tlsConf,
 			kind:     kind,
 			node:     n,
-			ready:    ready,
+			ready:    b.readyTimeout(),
 		}
 		if err = n.start(); err == nil {
 			err = s.waitReady()
@@ -338,51 +430,52 @@ func launchNode(kind, password string, tlsConf *TLSConfig, ready time.Duration, 
 	return nil, err
 }
 
-// selectBackend returns the backend named by REDLOCK_TEST_BACKEND and fails
-// the test when it cannot run (missing binary, unreachable Docker engine).
-func selectBackend(t testing.TB) backend {
+// selectBackend returns the backend named by name, or by BackendEnv when
+// name is "", and fails the test when it cannot run (missing binary,
+// unreachable Docker engine).
+func selectBackend(t testing.TB, name string) backend {
 	t.Helper()
-	switch name := os.Getenv(BackendEnv); name {
-	case "", "process", "processes":
-		return processBackend{bin: mustLookupBinary(t, "redis-server")}
-	case "docker":
+	if name == "" {
+		if name = SelectedBackend(); name == "" {
+			t.Fatalf("harness: %s=%q: want %q (the default) or %q", BackendEnv, os.Getenv(BackendEnv), BackendProcess, BackendDocker)
+		}
+	}
+	switch name {
+	case BackendProcess:
+		return &processBackend{server: mustLookupBinary(t, "redis-server")}
+	case BackendDocker:
 		b, err := newDockerBackend()
 		if err != nil {
 			t.Fatal(err)
 		}
 		return b
 	default:
-		t.Fatalf("harness: %s=%q: want \"process\" (the default) or \"docker\"", BackendEnv, name)
+		t.Fatalf("harness: backend %q: want %q or %q", name, BackendProcess, BackendDocker)
 		return nil
 	}
 }
 
-// readyTimeout is how long a backend's servers get to answer PING.
-func readyTimeout(b backend) time.Duration {
-	if _, ok := b.(*dockerBackend); ok {
-		return 60 * time.Second // a container may start slowly on a busy engine
-	}
-	return startTimeout
-}
-
 // redisArgs returns the redis-server arguments shared by every backend:
 // bind, port (TLS only when opts.TLS is set), no persistence, then opts.Args.
-// tlsPath maps a TLS file on the host to the path the server sees.
-func redisArgs(bind string, port int, dir string, opts Options, tlsPath func(string) string) []string {
-	args := []string{"--bind", bind}
+func redisArgs(v nodeView, port int, opts Options) []string {
+	args := []string{"--bind", v.bind}
 	if opts.TLS != nil {
 		args = append(args, "--port", "0", "--tls-port", fmt.Sprint(port))
-		args = append(args, opts.TLS.serverArgs(tlsPath)...)
+		args = append(args, opts.TLS.serverArgs(v.tlsPath)...)
 	} else {
 		args = append(args, "--port", fmt.Sprint(port))
 	}
 	args = append(args,
 		"--save", "",
 		"--appendonly", "no",
-		"--dir", dir,
+		"--dir", v.dir,
 		"--daemonize", "no",
 		"--protected-mode", "no",
 	)
+	if v.announce != "" {
+		// What a replica tells its master (and the master the Sentinels).
+		args = append(args, "--replica-announce-ip", v.announce)
+	}
 	if opts.Password != "" {
 		args = append(args, "--requirepass", opts.Password, "--masterauth", opts.Password)
 	}

@@ -7,3 +7,10 @@ import "syscall"
 func sysProcAttr() *syscall.SysProcAttr {
 	return &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 }
+
+// reaperProcAttr puts the reaper in a process group of its own, so that a
+// Ctrl-C in the terminal (or a signal to the test's group) leaves it alive
+// to clean up after the test binary.
+func reaperProcAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Setpgid: true}
+}

@@ -9,3 +9,8 @@ import "syscall"
 func sysProcAttr() *syscall.SysProcAttr {
 	return nil
 }
+
+// reaperProcAttr: see sysproc_linux.go.
+func reaperProcAttr() *syscall.SysProcAttr {
+	return &syscall.SysProcAttr{Setpgid: true}
+}

@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 )
@@ -21,6 +22,11 @@ import (
 // certificate for 127.0.0.1, ::1 and localhost, and a client certificate, all
 // signed by the CA and written as PEM files. Pass it in Options.TLS (or
 // SentinelOptions.TLS) to start servers that listen on TLS only.
+//
+// With the docker backend the server certificate also names a block of
+// tlsAddrs addresses of the harness network, reserved for the servers
+// started with this TLSConfig, so that clients verify a container by the
+// address they dial.
 type TLSConfig struct {
 	Dir            string // where the files are
 	CAFile         string // CA certificate (tls-ca-cert-file)
@@ -35,13 +41,31 @@ type TLSConfig struct {
 
 	caPool     *x509.CertPool
 	clientCert tls.Certificate
+
+	mu    sync.Mutex // protects addrs
+	addrs []net.IP   // docker backend: addresses named by the certificate, not yet handed out
 }
+
+// tlsAddrs is how many addresses of the harness network a TLSConfig
+// reserves with the docker backend: a Sentinel group of a master, two
+// replicas and three Sentinels needs six.
+const tlsAddrs = 16
 
 // NewTLSConfig generates a CA, a server and a client certificate into a
 // fresh temp dir. It fails the test on error.
 func NewTLSConfig(t testing.TB) *TLSConfig {
 	t.Helper()
-	c, err := generateTLS(tempDir(t, ""))
+	var addrs []net.IP
+	if SelectedBackend() == BackendDocker {
+		b, err := newDockerBackend()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if addrs, err = b.reserve(tlsAddrs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := generateTLS(tempDir(t, ""), addrs)
 	if err != nil {
 		t.Fatalf("harness: generate TLS certificates: %v", err)
 	}
@@ -78,8 +102,21 @@ func (c *TLSConfig) serverArgs(path func(string) string) []string {
 	}
 }
 
-func generateTLS(dir string) (*TLSConfig, error) {
+// takeAddr hands out one of the addresses the certificate names.
+func (c *TLSConfig) takeAddr() (net.IP, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.addrs) == 0 {
+		return nil, fmt.Errorf("harness: this TLSConfig names no more addresses of the harness network (it has %d, made under %s=%s); call NewTLSConfig again", tlsAddrs, BackendEnv, BackendDocker)
+	}
+	ip := c.addrs[0]
+	c.addrs = c.addrs[1:]
+	return ip, nil
+}
+
+func generateTLS(dir string, addrs []net.IP) (*TLSConfig, error) {
 	c := &TLSConfig{
+		addrs:          addrs,
 		Dir:            dir,
 		CAFile:         filepath.Join(dir, "ca.crt"),
 		CertFile:       filepath.Join(dir, "server.crt"),
@@ -128,7 +165,7 @@ func generateTLS(dir string) (*TLSConfig, error) {
 			KeyUsage:     x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
 			ExtKeyUsage:  usage,
 			DNSNames:     []string{"localhost"},
-			IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+			IPAddresses:  append([]net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}, addrs...),
 		}
 		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
 		if err != nil {

@@ -360,6 +360,10 @@ func (r *results) table() string {
 	}
 	r.failFastTable(&b)
 	r.sentinelTable(&b)
+	r.topUpTable(&b)
+	r.waitersTable(&b)
+	r.heldTable(&b)
+	r.manyDoTable(&b)
 	fmt.Fprintf(&b, "\nMedians of %d runs per benchmark, except success %% (the worst run), the peak counts and max Lock ms (the highest run).\n"+
 		"Addr: `redlock.Addr` nodes; Pool: `redlock.Pool` over redigo pools built exactly as redsync's (a new set per run).\n"+
 		"x/redsync: higher is better for cycles/s, lower for ms, allocs and bytes.\n", r.runs())
@@ -465,6 +469,138 @@ func (r *results) sentinelTable(b *strings.Builder) {
 	}
 }
 
+// topUpShare is the issue's bound on top-up's cost: on/off cycles/s of an
+// uncontended cycle.
+const topUpShare = 0.95
+
+// topUpCost is scenario g's target: on/off cycles/s at least topUpShare.
+var topUpCost = &target{fmt.Sprintf("≥ %.2fx off", topUpShare), true, func(o, b float64) bool { return b > 0 && o/b >= topUpShare }}
+
+// topUpRows are scenario g's lines: a metric of BenchmarkTopUp/{bench}
+// with top-up on and off; the target applies to on/off.
+var topUpRows = []struct {
+	bench, metric, unit string
+	target              *target
+}{
+	{"cycle/%s/p1", "cycle p=1: cycles/s", "cycles/s", topUpCost},
+	{"cycle/%s/p1", "cycle p=1: allocs/op", "allocs/op", nil},
+	{"cycle/%s/p64", "cycle p=64: cycles/s", "cycles/s", topUpCost},
+	{"cycle/%s/p64", "cycle p=64: allocs/op", "allocs/op", nil},
+	{"handoff/%s", "handoff p50 ms", "p50-ms", nil},
+	{"handoff/%s", "handoff p99 ms", "p99-ms", nil},
+}
+
+// topUpTable writes scenario g's table when the output has it.
+func (r *results) topUpTable(b *strings.Builder) {
+	name := func(bench, mode string) string { return "BenchmarkTopUp/" + fmt.Sprintf(bench, "topup-"+mode) }
+	if _, ok := r.bench[name(topUpRows[0].bench, "on")]; !ok {
+		return
+	}
+	b.WriteString("\n**g. top-up**: `redlock.Addr` nodes with `WithTopUp(true)` (the default, as in every scenario above) " +
+		"and `WithTopUp(false)`, in one run. An uncontended cycle takes every node, so top-up has nothing to do there: " +
+		"its cost is the bookkeeping of which nodes hold the lock.\n\n")
+	b.WriteString("| metric | top-up on | top-up off | on / off | target | met |\n")
+	b.WriteString("|---|---:|---:|---:|---|---|\n")
+	for _, rw := range topUpRows {
+		on, okOn := r.value(name(rw.bench, "on"), rw.unit)
+		off, okOff := r.value(name(rw.bench, "off"), rw.unit)
+		ratio := ""
+		if okOn && okOff && off != 0 {
+			ratio = formatRatio(on / off)
+		}
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s |\n", rw.metric, format(on, okOn, rw.unit), format(off, okOff, rw.unit),
+			ratio, targetText(rw.target), metCell(rw.target, on, okOn, off, okOff))
+	}
+}
+
+// waitersRows are scenario h's lines: BenchmarkWaiters/{lib}/{case}.
+var waitersRows = []struct {
+	scenario, metric, unit string
+	target                 *target
+}{
+	{"k2", "wait p99 ms", "wait-p99-ms", nil},
+	{"k8", "wait p99 ms", "wait-p99-ms", nil},
+	{"k32", "wait p50 ms", "wait-p50-ms", nil},
+	{"k32", "wait p99 ms", "wait-p99-ms", atMost(150, "≤ 150 ms")},
+	{"k32", "wait max ms", "wait-max-ms", nil},
+	{"k32", "max ÷ min acquisitions per goroutine", "max/min", atMost(1.25, "≤ 1.25")},
+	{"k32", "scripts per acquisition per node", "scripts/acq/node", atMost(3, "≤ 3")},
+	{"k32", "acquisitions/s", "acq/s", nil},
+	{"m4k32", "wait p99 ms", "wait-p99-ms", atMost(250, "≤ 250 ms")},
+	{"m4k32", "max ÷ min acquisitions per goroutine", "max/min", nil},
+	{"m4k32", "scripts per acquisition per node", "scripts/acq/node", nil},
+	{"m4k32", "acquisitions/s", "acq/s", nil},
+}
+
+// waitersTable writes scenario h's table when the output has it.
+func (r *results) waitersTable(b *strings.Builder) {
+	name := func(lib, sc string) string { return "BenchmarkWaiters/" + lib + "/" + sc }
+	if _, ok := r.bench[name("redlock-addr", "k32")]; !ok {
+		return
+	}
+	b.WriteString("\n**h. waiters on one resource**: K goroutines take turns on ONE resource (Lock, hold 1 ms, Unlock), " +
+		"unbounded attempts, default retry delay; k2/k8/k32 on one Manager (one redsync), m4k32 over four. " +
+		"Scripts per acquisition per node are EVALSHA + EVAL calls; redsync's acquire is a plain SET NX, so its figure counts its releases (and release attempts) only.\n\n")
+	b.WriteString("| case | metric | redlock Addr | redsync | target | met |\n|---|---|---:|---:|---|---|\n")
+	for _, rw := range waitersRows {
+		o, okO := r.value(name("redlock-addr", rw.scenario), rw.unit)
+		s, okS := r.value(name(theirs, rw.scenario), rw.unit)
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s | %s |\n", rw.scenario, rw.metric, format(o, okO, rw.unit), format(s, okS, rw.unit),
+			targetText(rw.target), metCell(rw.target, o, okO, s, okS))
+	}
+}
+
+// heldTable writes scenario i's table when the output has it.
+func (r *results) heldTable(b *strings.Builder) {
+	var rows strings.Builder
+	for _, h := range []string{"h1000", "h10000", "h50000"} {
+		name := "BenchmarkHeldLocks/" + h
+		if _, ok := r.bench[name]; !ok {
+			continue
+		}
+		heap, okH := r.value(name, "heap-B/lock")
+		left, okL := r.value(name, "left-B/lock")
+		g, okG := r.value(name, "goroutines")
+		tgt := ""
+		met := ""
+		if h == "h50000" {
+			t := atMost(700, "≤ 700 B")
+			tgt, met = targetText(t), metCell(t, heap, okH, 0, false)
+		}
+		fmt.Fprintf(&rows, "| %s | %s | %s | %s | %s | %s |\n", strings.TrimPrefix(h, "h"), format(heap, okH, "B/op"), format(left, okL, "B/op"), format(g, okG, "peak-goroutines"), tgt, met)
+	}
+	if rows.Len() == 0 {
+		return
+	}
+	b.WriteString("\n**i. held locks**: one Manager holds H locks (ttl 60 s); live heap after GC per held lock, what is left per lock after every Unlock, and goroutines more than before.\n\n")
+	b.WriteString("| H | heap B per held lock | left B per lock after Unlock | goroutines while held | target | met |\n|---:|---:|---:|---:|---|---|\n")
+	b.WriteString(rows.String())
+}
+
+// manyDoTable writes scenario j's table when the output has it.
+func (r *results) manyDoTable(b *strings.Builder) {
+	var rows strings.Builder
+	for _, d := range []string{"d5000", "d20000"} {
+		name := "BenchmarkManyDo/" + d
+		if _, ok := r.bench[name]; !ok {
+			continue
+		}
+		var cells []string
+		for _, u := range []string{"nil-%", "goroutines/do", "calls/node/s", "calls/node/s/do", "keys/call"} {
+			v, ok := r.value(name, u)
+			cells = append(cells, format(v, ok, u))
+		}
+		fmt.Fprintf(&rows, "| %s | %s |\n", strings.TrimPrefix(d, "d"), strings.Join(cells, " | "))
+	}
+	if rows.Len() == 0 {
+		return
+	}
+	b.WriteString("\n**j. many Do**: D concurrent `Do` on one Manager (ttl 1 s, each function sleeps 4 s). " +
+		"Targets at D = 20,000: every Do returns nil, ≤ 0.05 library goroutines per Do, ≤ 0.3 × D script calls per node and second.\n\n")
+	b.WriteString("| D | Do returning nil % | library goroutines per Do | script calls per node per s | per node per s ÷ D | keys per extend_many call |\n|---:|---:|---:|---:|---:|---:|\n")
+	b.WriteString(rows.String())
+}
+
 func targetText(t *target) string {
 	if t == nil {
 		return ""
@@ -531,8 +667,10 @@ func format(v float64, ok bool, unit string) string {
 		return strconv.FormatFloat(v, 'f', 2, 64)
 	case unit == "success-%":
 		return strconv.FormatFloat(v, 'f', 1, 64)
-	case unit == "wait/evalsha" || unit == "waits/lock":
+	case unit == "wait/evalsha" || unit == "waits/lock" || unit == "calls/node/s/do" || unit == "goroutines/do":
 		return strconv.FormatFloat(v, 'f', 3, 64)
+	case unit == "max/min" || unit == "scripts/acq/node":
+		return strconv.FormatFloat(v, 'f', 2, 64)
 	}
 	return thousands(int64(math.Round(v)))
 }

@@ -33,6 +33,12 @@ BenchmarkSentinel/healthy/acks1-2         	    9262	    204950 ns/op	       600.
 BenchmarkSentinel/replica-paused/acks0-2  	   15610	     75669 ns/op	       600.0 bound-ms	     13215 cycles/s	     31220 evalsha-calls	         3.661 lock-p99-ms	         9.410 max-lock-ms	         1.065 p50-ms	         6.066 p99-ms	       100.0 success-%	         0 wait-calls	         0 wait/evalsha	         0 waits/lock	    3354 B/op	      47 allocs/op
 BenchmarkSentinel/replica-paused/acks1-2  	     160	  41874054 ns/op	       600.0 bound-ms	       160.0 cycles/s	       320.0 evalsha-calls	       101.2 lock-p99-ms	       503.2 max-lock-ms	       101.4 p50-ms	       101.2 p99-ms	         0 success-%	        10.00 wait-calls	         0.03125 wait/evalsha	         0.0625 waits/lock	    3083 B/op	      53 allocs/op
 BenchmarkSentinel/replica-paused/acks1-2  	     160	  41874054 ns/op	       600.0 bound-ms	       160.0 cycles/s	       320.0 evalsha-calls	       101.2 lock-p99-ms	       612.0 max-lock-ms	       101.4 p50-ms	       101.2 p99-ms	         0 success-%	        10.00 wait-calls	         0.03125 wait/evalsha	         0.0625 waits/lock	    3083 B/op	      53 allocs/op
+BenchmarkTopUp/cycle/topup-on/p1-2        	   10000	    300000 ns/op	      3300 cycles/s	         0.29 p50-ms	         0.60 p99-ms	       100.0 success-%	     592 B/op	      24 allocs/op
+BenchmarkTopUp/cycle/topup-off/p1-2       	   10000	    290000 ns/op	      3400 cycles/s	         0.28 p50-ms	         0.58 p99-ms	       100.0 success-%	     592 B/op	      24 allocs/op
+BenchmarkTopUp/cycle/topup-on/p64-2       	   10000	     40000 ns/op	     25000 cycles/s	         2.5 p50-ms	         6.0 p99-ms	       100.0 success-%	    2216 B/op	      24 allocs/op
+BenchmarkTopUp/cycle/topup-off/p64-2      	   10000	     35000 ns/op	     28000 cycles/s	         2.2 p50-ms	         5.0 p99-ms	       100.0 success-%	    2216 B/op	      24 allocs/op
+BenchmarkTopUp/handoff/topup-on-2         	     100	  35154219 ns/op	         0.35 p50-ms	         0.90 p99-ms	   64304 B/op	     527 allocs/op
+BenchmarkTopUp/handoff/topup-off-2        	     100	  26278479 ns/op	         0.30 p50-ms	         0.80 p99-ms	   65272 B/op	     557 allocs/op
 PASS
 ok  	github.com/redlock-go/redlock/bench	23.479s
 `
@@ -102,6 +108,22 @@ func TestSentinelTableComparesAcksAndChecksTheBounds(t *testing.T) {
 	}
 	if table := parse([]byte(sample[:strings.Index(sample, "BenchmarkSentinel")])).table(); strings.Contains(table, "acks 0") {
 		t.Errorf("a run without BenchmarkSentinel has a Sentinel table:\n%s", table)
+	}
+}
+
+func TestTopUpTableComparesOnWithOff(t *testing.T) {
+	table := parse([]byte(sample)).table()
+	for _, want := range []string{
+		"| cycle p=1: cycles/s | 3,300 | 3,400 | 0.97x | ≥ 0.95x off | yes |",
+		"| cycle p=64: cycles/s | 25,000 | 28,000 | 0.89x | ≥ 0.95x off | **no** |",
+		"| handoff p99 ms |",
+	} {
+		if !strings.Contains(table, want) {
+			t.Errorf("top-up table lacks %q:\n%s", want, table)
+		}
+	}
+	if table := parse([]byte(sample[:strings.Index(sample, "BenchmarkTopUp")])).table(); strings.Contains(table, "top-up on") {
+		t.Errorf("a run without BenchmarkTopUp has a top-up table:\n%s", table)
 	}
 }
 

@@ -171,6 +171,21 @@ timer starts.
   ` + "`INFO commandstats`" + ` between a ` + "`CONFIG RESETSTAT`" + ` before the measured loop and the
   Manager's Close after it; a cycle sends two scripts (acquire, release), so one
   WAIT per write is 0.5 WAIT per EVALSHA and 1 WAIT per Lock.
+- **g. top-up** (` + "`BenchmarkTopUp/{cycle,handoff}/{topup-on,topup-off}`" + `): scenario a (p=1, p=64) and
+  scenario c on ` + "`redlock.Addr`" + ` nodes with ` + "`WithTopUp(true)`" + ` (the default, which every
+  other scenario runs) and ` + "`WithTopUp(false)`" + `, in the same run. Top-up costs at most 5%
+  of the uncontended cycle rate (on / off ≥ 0.95).
+- **h. waiters** (` + "`BenchmarkWaiters/{redlock-addr,redsync}/{k2,k8,k32,m4k32}`" + `): K goroutines
+  take turns on ONE resource (Lock, hold 1 ms, Unlock, again) until b.N acquisitions,
+  each with an unbounded attempt budget and the library's default retry delay; one
+  client (one Manager), or four for m4k32. Wait = one Lock call; max/min compares the
+  acquisitions of the luckiest and the unluckiest goroutine; scripts per acquisition
+  per node come from the nodes' INFO commandstats.
+- **i. held locks** (` + "`BenchmarkHeldLocks/{h1000,h10000,h50000}`" + `): the live heap (after GC)
+  per lock while one Manager holds H locks, and after it unlocked them all.
+- **j. many Do** (` + "`BenchmarkManyDo/{d5000,d20000}`" + `): D concurrent ` + "`Do`" + ` (ttl 1 s, each
+  function sleeps 4 s) on one Manager; goroutines and script calls are read over two
+  seconds while every lock is held, when only the keep-alive talks to the nodes.
 
 Profile ours, for example:
 
