@@ -73,13 +73,7 @@ func (m *Manager) LockMulti(ctx context.Context, resources []string, ttl time.Du
 func (m *Manager) lock(ctx context.Context, keys []string, ttl time.Duration, opts []LockOption) (*Lock, error) {
 	ctx, or := m.opStart(ctx, OpLock, firstOf(keys))
 	l, err := m.acquire(ctx, keys, ttl, opts, or)
-	if or != nil {
-		if l != nil {
-			l.count()
-			or.end.Held = 1
-		}
-		m.opEnd(ctx, or, err)
-	}
+	m.lockEnd(ctx, or, l, err)
 	return l, err
 }
 

@@ -266,6 +266,20 @@ func (m *Manager) opEnd(ctx context.Context, or *opRun, err error) {
 	}
 }
 
+// lockEnd is opEnd for an operation that hands out a new lock (Lock,
+// LockMulti, GetLock): a lock it returns counts as held from now on. or is
+// nil without observers, and then it does nothing.
+func (m *Manager) lockEnd(ctx context.Context, or *opRun, l *Lock, err error) {
+	if or == nil {
+		return
+	}
+	if l != nil {
+		l.count()
+		or.end.Held = 1
+	}
+	m.opEnd(ctx, or, err)
+}
+
 // isNodeFailure tells a node's failure from its vote: "held by another"
 // and "not held" are answers.
 func isNodeFailure(err error) bool {

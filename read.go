@@ -75,13 +75,7 @@ func (m *Manager) isLocked(ctx context.Context, resource string, or *opRun) (boo
 func (m *Manager) GetLock(ctx context.Context, resource, token string) (*Lock, error) {
 	ctx, or := m.opStart(ctx, OpGet, resource)
 	l, err := m.getLock(ctx, resource, token, or)
-	if or != nil {
-		if l != nil {
-			l.count()
-			or.end.Held = 1
-		}
-		m.opEnd(ctx, or, err)
-	}
+	m.lockEnd(ctx, or, l, err)
 	return l, err
 }
 
